@@ -1,0 +1,129 @@
+"""Regions and patterns: what a transition requires of a request.
+
+A pattern is the ordered list of regions that region analysis found for a
+cluster of requests. It compiles to a regular expression that requires every
+*fixed* region byte for byte and lets each *mutating* region take any bytes
+within its learned length range (the reference's conservative exact-match
+matching function). Each region is a capture group, so later stages
+(content dependencies) can read the live values of mutating regions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import regex
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A fixed byte run (``fixed`` set) or a mutating one (length range only)."""
+
+    fixed: bytes | None = None
+    min_len: int = 0
+    max_len: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fixed is not None:
+            object.__setattr__(self, "min_len", len(self.fixed))
+            object.__setattr__(self, "max_len", len(self.fixed))
+        if not 0 <= self.min_len <= self.max_len:
+            raise ValueError(f"bad region length range {self.min_len}..{self.max_len}")
+
+    @classmethod
+    def mutating(cls, min_len: int, max_len: int) -> Region:
+        return cls(None, min_len, max_len)
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.fixed is not None
+
+    def to_regex(self) -> bytes:
+        if self.fixed is not None:
+            return b"(" + regex.escape(self.fixed) + b")"
+        return b"(.{%d,%d})" % (self.min_len, self.max_len)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.fixed is not None:
+            return {"fixed": self.fixed.hex()}
+        return {"min": self.min_len, "max": self.max_len}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Region:
+        if "fixed" in obj:
+            return cls(bytes.fromhex(obj["fixed"]))
+        return cls.mutating(int(obj["min"]), int(obj["max"]))
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Ordered regions; matches a whole request, never a prefix."""
+
+    regions: tuple[Region, ...] = field(default_factory=tuple)
+
+    @cached_property
+    def specificity(self) -> int:
+        """Number of fixed bytes: the more, the more refined the transition."""
+        return sum(r.max_len for r in self.regions if r.is_fixed)
+
+    @cached_property
+    def min_len(self) -> int:
+        return sum(r.min_len for r in self.regions)
+
+    @cached_property
+    def max_len(self) -> int:
+        return sum(r.max_len for r in self.regions)
+
+    @cached_property
+    def compiled(self) -> regex.Pattern:
+        body = b"".join(r.to_regex() for r in self.regions)
+        return regex.compile(b"(?s)" + body)
+
+    def fullmatch(self, data: bytes) -> regex.Match | None:
+        """The match object when ``data`` is exactly one request of this kind."""
+        if not self.min_len <= len(data) <= self.max_len:
+            return None
+        return self.compiled.fullmatch(data)
+
+    def could_extend(self, data: bytes) -> bool:
+        """True when more bytes appended to ``data`` could still make a match.
+
+        The emulator uses this to wait for the rest of a request that arrives
+        over several segments instead of declaring it unmatched too early.
+        """
+        if len(data) >= self.max_len:
+            return False
+        m = self.compiled.fullmatch(data, partial=True)
+        return m is not None and m.partial
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.regions]
+
+    @classmethod
+    def from_json(cls, obj: list[dict[str, Any]]) -> Pattern:
+        return cls(tuple(Region.from_json(r) for r in obj))
+
+    @classmethod
+    def literal(cls, data: bytes) -> Pattern:
+        """A pattern that accepts exactly ``data`` (one all-fixed region)."""
+        return cls((Region(data),)) if data else cls(())
+
+    def describe(self, max_fixed: int = 24) -> str:
+        """Human-readable form: fixed bytes as text or hex, mutating as ``<n..m>``."""
+        return " ".join(_describe_region(r, max_fixed) for r in self.regions) or "<empty>"
+
+
+def _describe_region(region: Region, max_fixed: int) -> str:
+    if region.fixed is None:
+        if region.min_len == region.max_len:
+            return f"<{region.min_len}>"
+        return f"<{region.min_len}..{region.max_len}>"
+    data = region.fixed
+    short = data[:max_fixed]
+    more = "…" if len(data) > max_fixed else ""
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in short):
+        text = short.decode("ascii").encode("unicode_escape").decode("ascii")
+        return f'"{text}"{more}'
+    return f"0x{short.hex()}{more}"
