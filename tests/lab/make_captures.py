@@ -39,9 +39,15 @@ def capture_protocol(
     bpf = bpf_for(addr, [proto.port], list(proto.port_ranges))
     with proto.make_server(addr, proto.port), Tcpdump(pcap, bpf) as dump, log.open("w") as fh:
         for i, run in enumerate(planned):
+            t0 = time.monotonic()
             res = run.execute(addr, proto.port)
             statuses[res.status] = statuses.get(res.status, 0) + 1
-            record = {"i": i, "run": run.describe(), "status": res.status}
+            record = {
+                "i": i,
+                "run": run.describe(),
+                "status": res.status,
+                "seconds": round(time.monotonic() - t0, 2),
+            }
             if res.status != 0:
                 record["stderr"] = res.stderr[-300:]
             fh.write(json.dumps(record) + "\n")
