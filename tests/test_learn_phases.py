@@ -1,0 +1,235 @@
+"""Update and refinement phases, consolidation, and the paper's Figure 6."""
+
+from __future__ import annotations
+
+import pytest
+
+from scriptgen.learn.consolidate import consolidate
+from scriptgen.learn.dialog import Dialog
+from scriptgen.learn.phases import Learner, LearnOptions, StepReport, replay
+from scriptgen.model import End, Machine, Pattern, Region, Suffix, Transition, Turn
+from tests.test_learn_standin import make_standin
+
+
+def dialog(turns, banner=b"220 hi\r\n", end=None, origin="t"):
+    return Dialog("tcp", 21, banner, Suffix(tuple(Turn(r, a) for r, a in turns), end, origin))
+
+
+def figure6_flows(n=10):
+    return [
+        dialog(
+            [
+                (b"USER user%d\r\n" % i, b"331 pw?\r\n"),
+                (b"PASS secret%03d\r\n" % i, b"230 ok\r\n"),
+                (b"LIST -la%d\r\n" % i, b"150 here\r\n"),
+            ]
+        )
+        for i in range(n)
+    ]
+
+
+def bucket_sizes(machine: Machine) -> dict[int, int]:
+    return {sid: len(s.bucket) for sid, s in machine.states.items() if s.bucket}
+
+
+def depth(machine: Machine) -> int:
+    def d(sid: int) -> int:
+        ts = machine.states[sid].transitions
+        return 1 + max((d(t.target) for t in ts), default=0) if ts else 0
+
+    return d(machine.root)
+
+
+def test_figure6_one_more_level_per_refinement_step():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin())
+    learner.add(figure6_flows())
+    # step 1: the empty machine puts every flow in the root bucket
+    assert bucket_sizes(machine) == {machine.root: 10}
+    seen = []
+
+    def on_step(report: StepReport) -> None:
+        seen.append(
+            (report.iteration, depth(machine), bucket_sizes(machine), report.new_transitions)
+        )
+
+    learner.refine(on_step)
+    # steps 2..4: one new level each time; the 10 flows move one level down
+    assert [s[1] for s in seen] == [1, 2, 3]
+    assert [s[3] for s in seen] == [1, 1, 1]
+    assert list(seen[0][2].values()) == [10] and list(seen[1][2].values()) == [10]
+    assert seen[2][2] == {}  # complete: nothing left in any bucket
+    assert len(machine.states) == 4
+    chain = [machine.root]
+    while machine.states[chain[-1]].transitions:
+        (t,) = machine.states[chain[-1]].transitions
+        assert t.samples == 10
+        chain.append(t.target)
+    assert len(chain) == 4
+    assert machine.states[chain[-1]].ends == {"client": 10}
+    for flow in figure6_flows():
+        assert replay(machine, flow.suffix) == (3, None)
+
+
+def test_refine_step_is_stepwise():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin())
+    learner.add(figure6_flows())
+    r1 = learner.refine_step()
+    assert r1.analysed == [machine.root] and r1.new_transitions == 1 and r1.bucketed == 10
+    assert depth(machine) == 1
+    r2 = learner.refine_step()
+    assert depth(machine) == 2 and r2.bucketed == 10
+
+
+def test_update_records_evidence_and_buckets_rest():
+    machine = Machine("tcp", 21)
+    root = machine.states[0]
+    child = machine.new_state()
+    root.transitions.append(
+        Transition(Pattern((Region(b"USER "), Region.mutating(1, 9))), child.id)
+    )
+    learner = Learner(machine, make_standin())
+    learner.add(
+        [
+            dialog([(b"USER a", b"331\r\n"), (b"PASS x", b"230\r\n")]),
+            dialog([(b"USER bb", b"331\r\n")], end=End.CLOSE),
+            dialog([(b"HELP", b"214\r\n")], banner=b"220 other\r\n"),
+            dialog([], banner=b"421 busy\r\n", end=End.CLOSE),
+        ]
+    )
+    assert root.samples == 4
+    assert root.answers == {b"220 hi\r\n": 2, b"220 other\r\n": 1, b"421 busy\r\n": 1}
+    assert root.ends == {"close": 1}
+    assert [s.turns[0].request for s in root.bucket] == [b"HELP"]
+    assert child.samples == 2 and child.answers == {b"331\r\n": 2}
+    assert child.ends == {"close": 1}
+    assert len(child.bucket) == 1 and child.bucket[0].turns == (Turn(b"PASS x", b"230\r\n"),)
+    assert root.transitions[0].samples == 2
+    assert learner.dirty == {root.id, child.id}
+
+
+def test_bucket_is_bounded_and_drops_are_counted():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(), LearnOptions(max_bucket=5, max_answers=2))
+    learner.add([dialog([(b"X%d" % i, b"")], banner=b"b%d" % i) for i in range(12)])
+    assert len(machine.states[0].bucket) == 5
+    assert machine.provenance["bucket_dropped"] == {"0": 7}
+    assert machine.states[0].answers == {b"b0": 1, b"b1": 1}
+    assert machine.states[0].samples == 12
+
+
+def test_refinement_resumes_from_the_bucket_state_not_the_root():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin())
+    # Requests at depth 2 look like root requests: if suffixes re-entered from
+    # the root they would take the root's transition and never build depth 2.
+    flows = [dialog([(b"AAAA%d" % i, b"1"), (b"AAAA%d" % (i + 1), b"2")]) for i in range(5)]
+    learner.add(flows)
+    learner.refine()
+    assert depth(machine) == 2
+    assert bucket_sizes(machine) == {}
+    (t,) = machine.states[0].transitions
+    (t2,) = machine.states[t.target].transitions
+    assert machine.states[t2.target].answers == {b"2": 5}
+
+
+def test_small_clusters_stay_in_the_bucket_and_refinement_stops():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(min_size=3))
+    flows = figure6_flows(4) + [dialog([(b"ODD1", b"?")]), dialog([(b"WEIRD", b"?")])]
+    learner.add(flows)
+    reports = learner.refine()
+    assert len(reports) <= 5
+    left = sorted(s.turns[0].request for s in machine.states[0].bucket)
+    assert left == [b"ODD1", b"WEIRD"]
+
+
+def test_identical_pattern_is_reused_not_duplicated():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(min_size=2))
+    learner.add([dialog([(b"PING", b"PONG")]), dialog([(b"PING", b"PONG")])])
+    learner.refine()
+    assert len(machine.states[0].transitions) == 1
+    # A pattern already present with a bucket entry it does not match is not re-added.
+    learner.add([dialog([(b"PING", b"PONG")])])
+    learner.refine()
+    assert len(machine.states[0].transitions) == 1
+    assert machine.states[0].transitions[0].samples == 3
+
+
+def test_widening_takes_a_longer_value_of_a_known_field():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin())
+    learner.add(figure6_flows(5))
+    learner.refine()
+    (t,) = machine.states[0].transitions
+    before = t.pattern
+    learner.add([dialog([(b"USER user12345\r\n", b"331 pw?\r\n")])])
+    reports = learner.refine()
+    assert reports[0].widened == 1
+    assert t.pattern != before and t.pattern.specificity == before.specificity
+    assert replay(machine, Suffix((Turn(b"USER user12345\r\n", b""),))) == (1, None)
+    assert machine.states[0].bucket == []
+    # Beyond the slack (here 8 bytes) it is new data, not a near miss.
+    learner.add([dialog([(b"USER user" + b"x" * 40 + b"\r\n", b"")])])
+    assert learner.refine()[0].widened == 0
+    assert len(machine.states[0].bucket) == 1
+
+
+def test_widening_can_be_switched_off():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(), LearnOptions(widen=False))
+    learner.add(figure6_flows(5))
+    learner.refine()
+    learner.add([dialog([(b"USER user12345\r\n", b"331 pw?\r\n")])])
+    learner.refine()
+    assert len(machine.states[0].bucket) == 1
+
+
+def test_most_specific_transition_wins_during_update():
+    machine = Machine("tcp", 21)
+    generic, micro = machine.new_state(), machine.new_state()
+    root = machine.states[0]
+    root.transitions.append(Transition(Pattern((Region(b"U"), Region.mutating(1, 8))), generic.id))
+    root.transitions.append(Transition(Pattern.literal(b"Uanon"), micro.id))
+    Learner(machine, make_standin()).add([dialog([(b"Uanon", b"m")]), dialog([(b"Ubob", b"g")])])
+    assert micro.answers == {b"m": 1} and generic.answers == {b"g": 1}
+
+
+def test_consolidation_majority_and_deterministic_ties():
+    machine = Machine("tcp", 21)
+    s = machine.states[0]
+    s.samples = 5
+    s.answers = {b"bb": 2, b"a": 2, b"c": 1}
+    s.ends = {"close": 3, "client": 1}
+    consolidate(machine)
+    assert s.answer == b"a"  # tie on count: shorter wins
+    assert s.end is End.CLOSE
+    s.ends = {"close": 2, "reset": 1}
+    consolidate(machine)
+    assert s.end is End.OPEN  # 2 open vs 2 close: open wins ties
+    s.ends = {"reset": 4}
+    consolidate(machine)
+    assert s.end is End.RESET
+
+
+def test_silent_state_answers_empty():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin())
+    learner.add([dialog([(b"NOOP1", b""), (b"NOOP2", b"x")], banner=b"") for _ in range(4)])
+    learner.refine()
+    consolidate(machine)
+    assert machine.states[0].answer == b""
+    (t,) = machine.states[0].transitions
+    assert machine.states[t.target].answer == b""
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_tiny_inputs_learn_nothing_and_keep_the_data(n):
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin())
+    learner.add(figure6_flows(n))
+    learner.refine()
+    assert machine.states[0].transitions == []
+    assert len(machine.states[0].bucket) == n
