@@ -12,3 +12,7 @@ try:  # each command module is owned by one stage; import them in data-flow orde
     COMMANDS.append(conversations.register)
 except ImportError:  # pragma: no cover - during bootstrap only
     pass
+
+from scriptgen.commands import show, train  # noqa: E402 - learn stage: train, then show
+
+COMMANDS.extend([train.register, show.register])

@@ -1,0 +1,216 @@
+"""``scriptgen train --model-dir DIR PCAP...``: learn (or update) state machines from captures."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from scriptgen.learn.phases import LearnOptions
+
+LEARN_FLAGS = {  # LearnOptions field -> help
+    "max_bucket": "suffixes kept per state bucket; more are dropped and counted",
+    "max_answers": "distinct answers kept per state as evidence",
+    "max_iterations": "refinement steps per training run",
+    "widen_slack": "bytes a mutating region may grow by to take a near miss",
+}
+
+
+def _region_fields() -> list[dataclasses.Field]:
+    try:
+        from scriptgen.learn.regions import RegionOptions
+    except ImportError:  # pragma: no cover - region analysis not installed yet
+        return []
+    return list(dataclasses.fields(RegionOptions))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="learn state machines from captures (updates the models already in DIR)",
+        description="Learn one state machine per (protocol, server port) from captures. "
+        "Models already in DIR are updated and refined, not replaced.",
+    )
+    p.add_argument("--model-dir", required=True, metavar="DIR", help="where the models are")
+    p.add_argument("pcaps", nargs="+", metavar="PCAP", help="pcap or pcapng files")
+    p.add_argument(
+        "--port", type=int, action="append", metavar="N", help="only this server port (repeatable)"
+    )
+    p.add_argument("--proto", choices=("tcp", "udp"), help="only this transport")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="learn N ports in parallel")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
+    p.add_argument(
+        "--include-midstream",
+        action="store_true",
+        help="also learn connections whose start was not captured",
+    )
+    p.add_argument(
+        "--max-turns", type=int, default=512, metavar="N", help="requests per dialog learned"
+    )
+    p.add_argument("--no-widen", action="store_true", help="never widen a learned length range")
+    g = p.add_argument_group("learner bounds")
+    defaults = LearnOptions()
+    for name, text in LEARN_FLAGS.items():
+        g.add_argument(
+            _flag(name), type=int, default=getattr(defaults, name), metavar="N", help=text
+        )
+    r = p.add_argument_group("region analysis (defaults: scriptgen.learn.regions.RegionOptions)")
+    for f in _region_fields():
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = (
+            type(default)
+            if isinstance(default, (int, float)) and not isinstance(default, bool)
+            else None
+        )
+        if isinstance(default, bool):
+            r.add_argument(
+                _flag(f.name),
+                type=_parse_bool,
+                default=None,
+                metavar="yes|no",
+                help=f"default {default}",
+            )
+        elif kind is not None:
+            r.add_argument(
+                _flag(f.name), type=kind, default=None, metavar="X", help=f"default {default}"
+            )
+    p.set_defaults(func=run)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "yes", "true", "on"):
+        return True
+    if text.lower() in ("0", "no", "false", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not yes/no: {text!r}")
+
+
+def build_options(args: argparse.Namespace) -> Any:
+    from scriptgen.learn.trainer import TrainOptions
+
+    learn = LearnOptions(
+        **{name: getattr(args, name) for name in LEARN_FLAGS}, widen=not args.no_widen
+    )
+    region = None
+    fields = _region_fields()
+    overrides = {
+        f.name: getattr(args, f.name) for f in fields if getattr(args, f.name, None) is not None
+    }
+    if fields:
+        from scriptgen.learn.regions import RegionOptions
+
+        region = RegionOptions(**overrides)
+    return TrainOptions(
+        learn=learn,
+        region=region,
+        include_midstream=args.include_midstream,
+        max_turns=args.max_turns,
+    )
+
+
+class ProgressDisplay:
+    """tqdm bars on stderr, one per stage; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int | None, detail: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            desc = {"read": "reading", "learn": "ports", "refine": "refining"}.get(stage, stage)
+            unit = {"read": "file", "learn": "port", "refine": "step"}.get(stage, "it")
+            bar = self.bars[stage] = tqdm(
+                total=total, desc=desc, unit=unit, file=sys.stderr, leave=False
+            )
+        bar.n = done
+        if detail:
+            bar.set_postfix_str(detail[:50], refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def summary_table(report: Any) -> str:
+    head = ("port", "states", "transitions", "bucketed", "dropped", "used", "ignored", "steps")
+    rows = [head]
+    for p in report.ports:
+        name = f"{p.protocol}/{p.port}" + ("" if p.saved else " (no model)")
+        rows.append(
+            (name, p.states, p.transitions, p.bucketed, p.dropped, p.used, p.ignored, p.iterations)
+        )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    lines = []
+    for r in rows:
+        cells = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scriptgen.learn.trainer import train
+    from scriptgen.model import ModelError
+    from scriptgen.trace import TraceError
+
+    for name in args.pcaps:  # unreadable files fail before any work, with one line
+        path = Path(name)
+        if not path.is_file():
+            print(f"scriptgen: {name}: no such file", file=sys.stderr)
+            return 1
+    if args.jobs < 1:
+        print("scriptgen: --jobs must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        options = build_options(args)
+    except (TypeError, ValueError) as e:
+        print(f"scriptgen: bad option: {e}", file=sys.stderr)
+        return 2
+    progress = ProgressDisplay(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        report = train(
+            args.pcaps,
+            args.model_dir,
+            options,
+            ports=args.port,
+            protocol=args.proto,
+            jobs=args.jobs,
+            progress=progress,
+        )
+    except ModelError as e:
+        progress.close()
+        print(f"scriptgen: {e} (not overwritten)", file=sys.stderr)
+        return 1
+    except TraceError as e:
+        progress.close()
+        print(f"scriptgen: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        progress.close()
+        print(f"scriptgen: {e.filename or args.model_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    progress.close()
+    if not args.quiet:
+        print(summary_table(report))
+        if not report.ports:
+            print("no conversations learned (nothing on the selected ports?)")
+    return 0
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())

@@ -1,0 +1,116 @@
+"""Human views of learned machines: indented text tree, Graphviz dot, model JSON.
+
+Shared by ``scriptgen show`` and anything else that displays a model (the
+emulator's logs, for instance). Attacker bytes are only ever shown escaped:
+printable ASCII as text, anything else as hex, always shortened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from scriptgen.model import Machine, State
+from scriptgen.model.store import dumps, machine_to_json
+
+PRINTABLE = frozenset(range(32, 127)) | {9, 10, 13}
+
+
+def abbreviate(data: bytes, limit: int = 40) -> str:
+    """Bytes for display: quoted escaped text when printable, else 0x-hex; cut at ``limit`` bytes."""
+    if not data:
+        return "(silent)"
+    short = data[:limit]
+    more = f"…(+{len(data) - limit} B)" if len(data) > limit else ""
+    if all(b in PRINTABLE for b in short):
+        text = short.decode("ascii").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+        return f'"{text}"{more}'
+    return f"0x{short.hex()}{more}"
+
+
+def state_summary(state: State, answer_limit: int = 40) -> str:
+    parts = [
+        f"[{state.id}]",
+        f"samples={state.samples}",
+        f"answer={abbreviate(state.answer, answer_limit)}",
+    ]
+    if state.end.value != "open":
+        parts.append(f"end={state.end.value}")
+    if state.bucket:
+        parts.append(f"bucket={len(state.bucket)}")
+    return " ".join(parts)
+
+
+def _walk(machine: Machine) -> Iterator[tuple[int, State, str | None, bool]]:
+    """Depth-first (depth, state, edge label, already shown) from the root; safe on cycles and DAGs."""
+    shown: set[int] = set()
+    stack: list[tuple[int, int, str | None]] = [(0, machine.root, None)]
+    while stack:
+        depth, sid, label = stack.pop()
+        state = machine.states[sid]
+        again = sid in shown
+        yield depth, state, label, again
+        if again:
+            continue
+        shown.add(sid)
+        for t in reversed(state.transitions):
+            stack.append((depth + 1, t.target, f"{t.pattern.describe()} ({t.samples})"))
+
+
+def render_text(machine: Machine, answer_limit: int = 40) -> str:
+    """An indented tree: each state with its evidence, each edge with its pattern."""
+    c = machine.counts()
+    lines = [
+        f"{machine.protocol}/{machine.port}: {c['states']} states, {c['transitions']} transitions, "
+        f"{c['bucketed']} suffixes in buckets"
+    ]
+    caps = machine.provenance.get("captures", [])
+    if caps:
+        lines.append("  learned from: " + ", ".join(str(x.get("file", "?")) for x in caps))
+    for depth, state, label, again in _walk(machine):
+        pad = "  " * (depth + 1)
+        edge = f"-- {label} --> " if label is not None else ""
+        body = f"[{state.id}] (see above)" if again else state_summary(state, answer_limit)
+        lines.append(f"{pad}{edge}{body}")
+    # States no transition reaches (should not happen; shown so nothing is hidden).
+    reached = {s.id for _, s, _, _ in _walk(machine)}
+    for sid in sorted(set(machine.states) - reached):
+        lines.append(f"  (unreachable) {state_summary(machine.states[sid], answer_limit)}")
+    return "\n".join(lines) + "\n"
+
+
+def dot_escape(text: str) -> str:
+    """Escape for a double-quoted dot string: backslashes first (dot reads \\n, \\l ... as escapes)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_dot(machines: Sequence[Machine], answer_limit: int = 24) -> str:
+    """One Graphviz digraph; each machine is a cluster, each state a box with its answer."""
+    out = ["digraph scriptgen {", "  rankdir=LR;", '  node [shape=box, fontname="monospace"];']
+    out.append('  edge [fontname="monospace"];')
+    for i, m in enumerate(machines):
+        out.append(f"  subgraph cluster_{i} {{")
+        out.append(f'    label="{dot_escape(f"{m.protocol}/{m.port}")}";')
+        for sid in sorted(m.states):
+            s = m.states[sid]
+            label = f"{s.id}  n={s.samples}\n{abbreviate(s.answer, answer_limit)}"
+            if s.end.value != "open":
+                label += f"\nend={s.end.value}"
+            if s.bucket:
+                label += f"\nbucket={len(s.bucket)}"
+            out.append(f'    m{i}s{sid} [label="{dot_escape(label)}"];')
+        for sid in sorted(m.states):
+            for t in m.states[sid].transitions:
+                label = f"{t.pattern.describe(max_fixed=16)} ({t.samples})"
+                out.append(f'    m{i}s{sid} -> m{i}s{t.target} [label="{dot_escape(label)}"];')
+        out.append("  }")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def render_json(machines: Sequence[Machine]) -> str:
+    """One machine: exactly its model file; several: a JSON array of model objects."""
+    if len(machines) == 1:
+        return dumps(machines[0])
+    import json
+
+    return json.dumps([machine_to_json(m) for m in machines], indent=1, sort_keys=True) + "\n"
