@@ -41,19 +41,27 @@ def standin_pattern(samples: Sequence[bytes]) -> Pattern:
     return Pattern(tuple(regions))
 
 
-def make_standin(key_len: int = 4, min_size: int = 3):
-    def analyse(samples: Sequence[bytes]) -> list[StandinCluster]:
+@dataclass(frozen=True)
+class Standin:
+    """Picklable (module-level class), so it also runs in worker processes."""
+
+    key_len: int = 4
+    min_size: int = 3
+
+    def __call__(self, samples: Sequence[bytes]) -> list[StandinCluster]:
         groups: dict[bytes, list[int]] = {}
         for i, s in enumerate(samples):
-            groups.setdefault(s[:key_len], []).append(i)
+            groups.setdefault(s[: self.key_len], []).append(i)
         out = []
         for members in groups.values():
-            if len(members) >= min_size:
+            if len(members) >= self.min_size:
                 pat = standin_pattern([samples[i] for i in members])
                 out.append(StandinCluster(pat, tuple(members)))
         return out
 
-    return analyse
+
+def make_standin(key_len: int = 4, min_size: int = 3) -> Standin:
+    return Standin(key_len, min_size)
 
 
 def test_standin_patterns_match_their_members():

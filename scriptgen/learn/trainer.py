@@ -114,11 +114,14 @@ def learn_machine(
 
 
 def _learn_json(
-    machine_json: dict[str, Any], dialogs: list[Dialog], options: TrainOptions
+    machine_json: dict[str, Any],
+    dialogs: list[Dialog],
+    options: TrainOptions,
+    analyser: Analyser | None,
 ) -> tuple[dict[str, Any], int]:
     """Worker-process entry: machines travel as JSON (plain data, same result as in-process)."""
     machine = machine_from_json(machine_json)
-    steps = learn_machine(machine, dialogs, options)
+    steps = learn_machine(machine, dialogs, options, analyser)
     return machine_to_json(machine), steps
 
 
@@ -232,6 +235,7 @@ def train(
                 sum(machine.provenance.get("bucket_dropped", {}).values()),
             )
         )
+    report.ports.sort(key=lambda p: (p.protocol, p.port))
     return report
 
 
@@ -243,13 +247,17 @@ def _learn_all(
     progress: Progress | None,
     analyser: Analyser | None,
 ) -> dict[Key, int]:
-    """Learn every port; with jobs > 1 different ports go to different processes."""
+    """Learn every port; with jobs > 1 different ports go to different processes.
+
+    A custom ``analyser`` must then be picklable (a module-level function or
+    an instance of a module-level class).
+    """
     keys = sorted(groups)
     steps: dict[Key, int] = {}
     total = len(keys)
     if progress:
         progress("learn", 0, total, "")
-    if jobs <= 1 or len(keys) <= 1 or analyser is not None:
+    if jobs <= 1 or len(keys) <= 1:
         for n, key in enumerate(keys, start=1):
 
             def on_step(r: StepReport, key: Key = key) -> None:
@@ -264,7 +272,9 @@ def _learn_all(
         return steps
     with ProcessPoolExecutor(max_workers=min(jobs, len(keys))) as pool:
         futures = {
-            key: pool.submit(_learn_json, machine_to_json(machines[key]), groups[key], options)
+            key: pool.submit(
+                _learn_json, machine_to_json(machines[key]), groups[key], options, analyser
+            )
             for key in keys
         }
         for n, key in enumerate(keys, start=1):
