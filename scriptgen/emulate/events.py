@@ -1,0 +1,39 @@
+"""The catalogue of every event id the emulator writes to its JSON-lines log.
+
+One place lists them so analysts can rely on the names, a test can check that
+the code emits exactly these, and the README table is generated, not typed.
+Every event also carries the contract fields ``eventid``, ``timestamp``,
+``src_ip``, ``src_port``, ``dst_ip``, ``dst_port``, ``protocol`` and
+``session`` (null when the event is not about a client).
+
+Run ``python -m scriptgen.emulate.events`` to print the markdown table.
+"""
+
+from __future__ import annotations
+
+CATALOGUE: dict[str, str] = {
+    "scriptgen.service.started": "The emulator started; lists the served ports and the config file.",
+    "scriptgen.service.stopped": "The emulator is shutting down.",
+    "scriptgen.port.listening": "A served (protocol, port) is bound; gives the real port (useful with port 0).",
+    "scriptgen.port.error": "A served port could not be bound (in use, no permission); the others still serve.",
+    "scriptgen.model.loaded": "Models were (re)loaded and swapped in: machine, file, state and transition counts.",
+    "scriptgen.model.error": "A model file could not be loaded (file and problem named); the previous model keeps serving.",
+    "scriptgen.session.connect": "A TCP connection was accepted, or a UDP source sent its first datagram.",
+    "scriptgen.session.closed": "A session ended: reason, duration, bytes in and out, requests matched.",
+    "scriptgen.request.matched": "A client request matched a transition: from state, transition index, target state, request hex.",
+    "scriptgen.request.unmatched": "No transition matched a request (reason, state, request hex, bounded); it is kept for the proxy.",
+    "scriptgen.answer.sent": "The emulator sent a state's answer (hex) and what it does next (open, close, reset).",
+    "scriptgen.limit.hit": "A configured bound was reached (which limit, its value); rate-limited, with a suppressed count.",
+    "scriptgen.log.dropped": "Events were dropped (queue full or log unwritable); how many, written once logging works again.",
+}
+
+
+def markdown_table() -> str:
+    """The catalogue as a markdown table for the README."""
+    lines = ["| Event id | Meaning |", "| --- | --- |"]
+    lines += [f"| `{eid}` | {meaning} |" for eid, meaning in CATALOGUE.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -1,0 +1,178 @@
+"""Bounded bookkeeping: connection counts, per-source tables, kept requests.
+
+Everything here is keyed by attacker-chosen values (source addresses), so
+every table has a bound and evicts least-recently-used entries; nothing in
+it depends on Twisted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruTable(Generic[K, V]):
+    """A dict with at most ``bound`` entries; the least recently used goes first."""
+
+    def __init__(self, bound: int, on_evict: Callable[[K, V], None] | None = None) -> None:
+        self.bound = bound
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._on_evict = on_evict
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.bound:
+            old_key, old_value = self._items.popitem(last=False)
+            if self._on_evict is not None:
+                self._on_evict(old_key, old_value)
+
+    def pop(self, key: K) -> V | None:
+        return self._items.pop(key, None)
+
+    def oldest(self) -> Iterator[tuple[K, V]]:
+        """Entries from least to most recently used (snapshot: safe to pop while iterating)."""
+        return iter(list(self._items.items()))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+
+class ConnectionLimiter:
+    """Concurrent connections, in total and per source address."""
+
+    def __init__(self, total: int, per_source: int) -> None:
+        self.total = total
+        self.per_source = per_source
+        self.active = 0
+        self._by_source: dict[str, int] = {}
+
+    def acquire(self, source: str) -> str | None:
+        """Count a new connection; return the name of the limit it breaks (then not counted)."""
+        if self.active >= self.total:
+            return "max_connections"
+        if self._by_source.get(source, 0) >= self.per_source:
+            return "max_connections_per_source"
+        self.active += 1
+        self._by_source[source] = self._by_source.get(source, 0) + 1
+        return None
+
+    def release(self, source: str) -> None:
+        n = self._by_source.get(source, 0)
+        if n <= 1:
+            self._by_source.pop(source, None)  # the table only holds live sources
+        else:
+            self._by_source[source] = n - 1
+        self.active = max(0, self.active - 1)
+
+    def count(self, source: str) -> int:
+        return self._by_source.get(source, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class KeptRequest:
+    """An unmatched request, kept so the proxy (a later issue) can replay it."""
+
+    time: float
+    protocol: str
+    port: int
+    session: str
+    state: int
+    request: bytes
+
+
+class UnmatchedStore:
+    """Unmatched requests per source: bounded per source, in sources and in bytes."""
+
+    def __init__(self, per_source: int, max_sources: int, max_bytes: int) -> None:
+        self.per_source = per_source
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._table: LruTable[str, deque[KeptRequest]] = LruTable(max_sources, self._evicted)
+
+    def _evicted(self, _source: str, kept: deque[KeptRequest]) -> None:
+        self.bytes -= sum(len(k.request) for k in kept)
+
+    def keep(self, source: str, item: KeptRequest) -> bool:
+        """Store ``item``; False when it is larger than the whole budget (not kept)."""
+        if self.per_source == 0 or len(item.request) > self.max_bytes:
+            return False
+        kept = self._table.get(source)
+        if kept is None:
+            kept = deque()
+            self._table.put(source, kept)
+        if len(kept) >= self.per_source:
+            self.bytes -= len(kept.popleft().request)
+        kept.append(item)
+        self.bytes += len(item.request)
+        while self.bytes > self.max_bytes:
+            self._shed()
+        return True
+
+    def _shed(self) -> None:
+        for source, kept in self._table.oldest():
+            if kept:
+                self.bytes -= len(kept.popleft().request)
+                if not kept:
+                    self._table.pop(source)
+                return
+            self._table.pop(source)
+        self.bytes = 0
+
+    def requests(self, source: str) -> list[KeptRequest]:
+        kept = self._table.get(source)
+        return list(kept) if kept else []
+
+    def take(self, source: str) -> list[KeptRequest]:
+        """Remove and return a source's requests (the proxy consumes them)."""
+        kept = self._table.pop(source)
+        if not kept:
+            return []
+        self.bytes -= sum(len(k.request) for k in kept)
+        return list(kept)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+class Throttle:
+    """At most one notice per key per ``interval`` seconds; counts the suppressed ones.
+
+    Limit events are triggered by attackers; without this, a flood of
+    refused connections would become a flood of log lines.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float], interval: float = 1.0, bound: int = 1024
+    ) -> None:
+        self._clock = clock
+        self.interval = interval
+        self._last: LruTable[str, list[float | int]] = LruTable(bound)
+
+    def allow(self, key: str) -> int | None:
+        """None: suppress; otherwise the number suppressed since the last notice."""
+        now = self._clock()
+        entry = self._last.get(key)
+        if entry is None:
+            self._last.put(key, [now, 0])
+            return 0
+        if now - entry[0] < self.interval:
+            entry[1] += 1
+            return None
+        suppressed = int(entry[1])
+        entry[0], entry[1] = now, 0
+        return suppressed

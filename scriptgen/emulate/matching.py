@@ -1,0 +1,176 @@
+"""Per-state indexes over a loaded machine, so matching cost does not grow
+linearly with the number of transitions at a state.
+
+Why: a state that leaves through hundreds of learned transitions (every SMB
+command, every FTP verb, microclusters of each) would otherwise run hundreds
+of regular expressions per request. Most patterns have a fixed region at a
+constant offset from the start (after zero or more fixed-length mutating
+regions); its first bytes are an *anchor*. Each state keeps a dict per
+(offset, anchor length) from anchor bytes to the rules with that anchor, so a
+request only meets the rules whose anchor it actually carries, plus the few
+"floating" rules without a constant-offset anchor. Candidates are tried in
+order of decreasing specificity (ties: transition order), so the first full
+match is the answer of ``State.best_transition`` and the search stops there.
+
+The result must always equal ``State.best_transition`` (the model's matching
+function); the tests check that on random machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import regex
+
+from scriptgen.model import End, Machine, Pattern, State, Transition
+
+ANCHOR_BYTES = 4  # bytes of the anchoring fixed region used as the dict key
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One transition, prepared for matching."""
+
+    order: int  # position among the state's transitions (tie-break)
+    transition: Transition
+    pattern: Pattern
+    target: int
+    specificity: int
+    prefix_re: Any  # matches the shortest prefix of a buffer this pattern fullmatches
+    anchor: tuple[int, bytes] | None  # (offset, first bytes of a fixed region)
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        return (-self.specificity, self.order)
+
+    def fullmatch(self, data: bytes) -> Any:
+        return self.pattern.fullmatch(data)
+
+    def shortest_prefix(self, data: bytes) -> int:
+        """Length of the shortest non-empty prefix of ``data`` this rule fullmatches (0: none)."""
+        if len(data) < self.pattern.min_len:
+            return 0
+        m = self.prefix_re.match(data)
+        return m.end() if m is not None and m.end() > 0 else 0
+
+
+def _prefix_regex(pattern: Pattern) -> Any:
+    """The pattern with lazy quantifiers, for finding where a request ends in a stream."""
+    parts = []
+    for region in pattern.regions:
+        if region.fixed is not None:
+            parts.append(regex.escape(region.fixed))
+        else:
+            parts.append(b".{%d,%d}?" % (region.min_len, region.max_len))
+    return regex.compile(b"(?s)" + b"".join(parts))
+
+
+def _anchor(pattern: Pattern) -> tuple[int, bytes] | None:
+    offset = 0
+    for region in pattern.regions:
+        if region.fixed is not None:
+            if region.fixed:
+                return (offset, region.fixed[:ANCHOR_BYTES])
+            continue
+        if region.min_len != region.max_len:
+            return None
+        offset += region.min_len
+    return None
+
+
+@dataclass(slots=True)
+class StateIndex:
+    """A state's answer, end and transitions, indexed for matching."""
+
+    id: int
+    answer: bytes
+    end: End
+    rules: list[Rule]
+    groups: list[tuple[int, int, dict[bytes, list[Rule]]]] = field(default_factory=list)
+    floating: list[Rule] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, state: State) -> StateIndex:
+        rules = []
+        for order, t in enumerate(state.transitions):
+            rules.append(
+                Rule(
+                    order=order,
+                    transition=t,
+                    pattern=t.pattern,
+                    target=t.target,
+                    specificity=t.pattern.specificity,
+                    prefix_re=_prefix_regex(t.pattern),
+                    anchor=_anchor(t.pattern),
+                )
+            )
+            t.pattern.compiled  # noqa: B018 - compile now (off the reactor thread), not at first use
+        index = cls(state.id, state.answer, state.end, rules)
+        by_shape: dict[tuple[int, int], dict[bytes, list[Rule]]] = {}
+        for rule in sorted(rules, key=lambda r: r.sort_key):
+            if rule.anchor is None:
+                index.floating.append(rule)
+                continue
+            offset, key = rule.anchor
+            by_shape.setdefault((offset, len(key)), {}).setdefault(key, []).append(rule)
+        index.groups = [(o, k, m) for (o, k), m in sorted(by_shape.items())]
+        return index
+
+    def candidates(self, data: bytes) -> list[Rule]:
+        """Rules that could match ``data`` or a prefix/extension of it, best first."""
+        found: list[Rule] = list(self.floating)
+        several = False
+        for offset, size, table in self.groups:
+            if len(data) >= offset + size:
+                hit = table.get(data[offset : offset + size])
+                if hit:
+                    several = several or bool(found)
+                    found.extend(hit)
+            else:  # partial request: the anchor is not all there yet
+                seen = data[offset:]
+                for key, rules in table.items():
+                    if key.startswith(seen):
+                        several = several or bool(found)
+                        found.extend(rules)
+        if several:
+            found.sort(key=lambda r: r.sort_key)
+        return found
+
+    def best(self, data: bytes) -> tuple[Rule, Any] | None:
+        """The most specific rule that fullmatches ``data`` (State.best_transition's answer)."""
+        for rule in self.candidates(data):
+            m = rule.pattern.fullmatch(data)
+            if m is not None:
+                return rule, m
+        return None
+
+    def could_extend(self, data: bytes) -> bool:
+        return any(rule.pattern.could_extend(data) for rule in self.candidates(data))
+
+    def prefix_matches(self, data: bytes) -> Iterator[tuple[Rule, int]]:
+        """(rule, length) for rules that fullmatch a proper prefix of ``data``, best first."""
+        for rule in self.candidates(data):
+            n = rule.shortest_prefix(data)
+            if 0 < n < len(data):
+                yield rule, n
+
+
+@dataclass(slots=True)
+class CompiledMachine:
+    """A loaded machine with one index per state; built once per model load."""
+
+    machine: Machine
+    states: dict[int, StateIndex]
+    root: int
+    source: str = ""  # the file it came from, for events
+
+    @classmethod
+    def build(cls, machine: Machine, source: str = "") -> CompiledMachine:
+        states = {sid: StateIndex.build(s) for sid, s in machine.states.items()}
+        return cls(machine, states, machine.root, source)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.machine.key

@@ -1,0 +1,254 @@
+"""TCP: one factory per served port, one protocol instance per connection.
+
+The protocol owns the transport side only -- timers, writes, closing,
+limits and events; the dialog logic is in ``scriptgen.emulate.dialog``.
+
+Why a push producer: a client that sends requests but never reads our
+answers would otherwise grow Twisted's write buffer without bound; when the
+transport asks us to pause, we stop reading from that client until its
+side drains.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from scriptgen.emulate.config import PortSpec
+from scriptgen.emulate.dialog import Dialog, Matched, Overflow, Step, Unmatched, Waiting
+from scriptgen.emulate.eventlog import Endpoint
+from scriptgen.emulate.matching import CompiledMachine, StateIndex
+from scriptgen.emulate.runtime import Runtime, new_session_id
+from scriptgen.model import End
+
+
+@implementer(IPushProducer)
+class EmulatorProtocol(Protocol):
+    """Walks one connection through the machine it was given at connect time."""
+
+    def __init__(self, runtime: Runtime, machine: CompiledMachine) -> None:
+        self.runtime = runtime
+        self.machine = machine  # kept for the whole connection, even across reloads
+        lim = runtime.config.limits
+        self.dialog = Dialog(machine, lim.max_buffer_bytes)
+        self.where: Endpoint | None = None
+        self.refused = False
+        self.closing = False
+        self.close_reason: str | None = None
+        self.lost = False  # after an unmatched request under on_unmatched = silent
+        self.ignored = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = 0.0
+        self.last_data = 0.0
+        self._timers: dict[str, Any] = {}
+
+    # --- connection life ---
+
+    def connectionMade(self) -> None:  # noqa: N802
+        rt = self.runtime
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.where = Endpoint("tcp", peer.host, peer.port, host.host, host.port, new_session_id())
+        broken = rt.limiter.acquire(peer.host)
+        if broken is not None:
+            self.refused = self.closing = True
+            rt.limit_hit(broken, self.where)
+            self.transport.abortConnection()
+            return
+        self.started = self.last_data = rt.clock.seconds()
+        self.transport.registerProducer(self, True)
+        rt.events.emit("scriptgen.session.connect", self.where, state=self.dialog.state.id)
+        lim = rt.config.limits
+        self._start("idle", lim.idle_timeout, self._idle_check)
+        self._start("session", lim.session_timeout, self._close, "session_timeout")
+        self._enter(self.dialog.state)
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
+        if self.refused or self.where is None:
+            return
+        for name in list(self._timers):
+            self._cancel(name)
+        rt = self.runtime
+        rt.limiter.release(self.where.src_ip)
+        if self.close_reason is None:
+            done = isinstance(reason, Failure) and reason.check(ConnectionDone)
+            self.close_reason = "client_closed" if done else "connection_lost"
+        rt.events.emit(
+            "scriptgen.session.closed",
+            self.where,
+            reason=self.close_reason,
+            duration=round(rt.clock.seconds() - self.started, 6),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            requests=self.dialog.requests,
+            ignored_bytes=self.ignored,
+            state=self.dialog.state.id,
+        )
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.closing:
+            return
+        self.bytes_in += len(data)
+        self.last_data = self.runtime.clock.seconds()
+        if self.lost:
+            self._ignore(data)
+            return
+        self._run(self.dialog.feed(data))
+
+    # --- push producer: the transport's write buffer is full / drained ---
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if not self.closing:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+    # --- steps ---
+
+    def _run(self, steps: list[Step]) -> None:
+        for step in steps:
+            if self.closing:
+                return
+            if isinstance(step, Matched):
+                self._matched(step)
+            elif isinstance(step, Unmatched):
+                self._unmatched(step)
+            elif isinstance(step, Overflow):
+                self.runtime.limit_hit("max_buffer_bytes", self.where, buffered=step.size)
+                self._close("max_buffer_bytes")
+        if not self.closing:
+            self._arm_request_timers()
+
+    def _matched(self, step: Matched) -> None:
+        self.runtime.events.emit(
+            "scriptgen.request.matched",
+            self.where,
+            state=step.state.id,
+            transition=step.rule.order,
+            target=step.target.id,
+            request=step.request,
+        )
+        self._enter(step.target)
+
+    def _enter(self, state: StateIndex) -> None:
+        """Send the state's answer, then do what the server did there."""
+        if state.answer:
+            self.transport.write(state.answer)
+            self.bytes_out += len(state.answer)
+        if state.answer or state.end is not End.OPEN:
+            self.runtime.events.emit(
+                "scriptgen.answer.sent",
+                self.where,
+                state=state.id,
+                answer=state.answer,
+                end=state.end.value,
+            )
+        if state.end is End.CLOSE:
+            self._close("server_close")
+        elif state.end is End.RESET:
+            self._close("server_reset", abort=True)
+
+    def _unmatched(self, step: Unmatched) -> None:
+        rt = self.runtime
+        rt.events.emit(
+            "scriptgen.request.unmatched",
+            self.where,
+            state=step.state.id,
+            reason=step.reason,
+            request=step.request,
+            policy=rt.config.on_unmatched,
+        )
+        rt.keep_unmatched(self.where, step.state.id, step.request)
+        if rt.config.on_unmatched == "close":
+            self._close("unmatched")
+        else:
+            self.lost = True  # stay silent; the idle timeout ends the connection
+
+    def _ignore(self, data: bytes) -> None:
+        self.ignored += len(data)
+        if self.ignored > self.runtime.config.limits.max_buffer_bytes:
+            self.runtime.limit_hit("max_buffer_bytes", self.where, buffered=self.ignored)
+            self._close("max_buffer_bytes")
+
+    # --- timers ---
+
+    def _arm_request_timers(self) -> None:
+        waiting = self.dialog.waiting
+        if waiting is Waiting.SETTLE:
+            self._cancel("settle")
+            self._start("settle", self.runtime.config.request_settle, self._settled)
+        else:
+            self._cancel("settle")
+        if waiting is Waiting.NOTHING:
+            self._cancel("request")
+        elif "request" not in self._timers:
+            limit = self.runtime.config.limits.request_timeout
+            self._start("request", limit, self._request_expired)
+
+    def _settled(self) -> None:
+        self._timers.pop("settle", None)
+        if not self.closing:
+            self._run(self.dialog.settle())
+
+    def _request_expired(self) -> None:
+        self._timers.pop("request", None)
+        if not self.closing:
+            self._run(self.dialog.expire())
+
+    def _idle_check(self) -> None:
+        self._timers.pop("idle", None)
+        if self.closing:
+            return
+        idle = self.runtime.config.limits.idle_timeout
+        quiet = self.runtime.clock.seconds() - self.last_data
+        if quiet >= idle:
+            self._close("idle_timeout")
+        else:
+            self._start("idle", idle - quiet, self._idle_check)
+
+    def _start(self, name: str, delay: float, f: Any, *args: Any) -> None:
+        self._timers[name] = self.runtime.clock.callLater(delay, f, *args)
+
+    def _cancel(self, name: str) -> None:
+        call = self._timers.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _close(self, reason: str, abort: bool = False) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.close_reason = reason
+        for name in list(self._timers):
+            self._cancel(name)
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+
+class EmulatorFactory(Factory):
+    """Builds protocols for one served (protocol, port) with the current model."""
+
+    noisy = False
+
+    def __init__(self, runtime: Runtime, spec: PortSpec) -> None:
+        self.runtime = runtime
+        self.spec = spec
+
+    def buildProtocol(self, addr: Any) -> EmulatorProtocol | None:  # noqa: N802
+        machine = self.runtime.models.get(self.spec.key)
+        if machine is None:
+            return None  # Twisted closes the connection
+        proto = EmulatorProtocol(self.runtime, machine)
+        proto.factory = self
+        return proto

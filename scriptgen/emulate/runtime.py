@@ -1,0 +1,66 @@
+"""What every protocol instance of one emulator shares: config, event log,
+models, limits and the clock.
+
+One object passed explicitly (no module-level singletons), so tests build
+one with a fake clock and a hand-built machine and drive protocols directly.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scriptgen.emulate.config import Config
+from scriptgen.emulate.eventlog import Endpoint, EventLog
+from scriptgen.emulate.limits import ConnectionLimiter, KeptRequest, Throttle, UnmatchedStore
+from scriptgen.emulate.matching import CompiledMachine
+
+
+class Models(Protocol):
+    def get(self, key: tuple[str, int]) -> CompiledMachine | None: ...
+
+
+class Clock(Protocol):
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any: ...  # noqa: N802
+
+
+def new_session_id() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass
+class Runtime:
+    config: Config
+    events: EventLog
+    models: Models
+    clock: Clock
+    limiter: ConnectionLimiter = field(init=False)
+    unmatched: UnmatchedStore = field(init=False)
+    throttle: Throttle = field(init=False)
+
+    def __post_init__(self) -> None:
+        lim = self.config.limits
+        self.limiter = ConnectionLimiter(lim.max_connections, lim.max_connections_per_source)
+        self.unmatched = UnmatchedStore(
+            lim.unmatched_per_source, lim.max_sources, lim.unmatched_bytes
+        )
+        self.throttle = Throttle(self.clock.seconds)
+
+    def limit_hit(self, limit: str, where: Endpoint | None = None, **extra: Any) -> None:
+        """Emit scriptgen.limit.hit, at most once a second per limit."""
+        suppressed = self.throttle.allow(limit)
+        if suppressed is None:
+            return
+        value = getattr(self.config.limits, limit, None)
+        self.events.emit(
+            "scriptgen.limit.hit", where, limit=limit, value=value, suppressed=suppressed, **extra
+        )
+
+    def keep_unmatched(self, where: Endpoint, state: int, request: bytes) -> None:
+        item = KeptRequest(
+            self.clock.seconds(), where.protocol, where.dst_port, where.session, state, request
+        )
+        self.unmatched.keep(where.src_ip, item)

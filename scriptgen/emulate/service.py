@@ -1,0 +1,193 @@
+"""The emulator as a Twisted service: ``make_service(config) -> IService``.
+
+Models are loaded synchronously inside ``make_service``, before anything
+listens, so a broken model or a port without a model stops start-up with
+one line (``StartupError``) instead of a half-working honeypot. Ports are
+bound in ``startService`` by the service itself, not by child TCPServer
+services: a port that cannot be bound is reported (log line and
+``scriptgen.port.error``) while the other ports keep serving, instead of
+aborting the whole process with a traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import threads
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from scriptgen.emulate.config import Config, PortSpec
+from scriptgen.emulate.eventlog import EventLog
+from scriptgen.emulate.protocol import EmulatorFactory
+from scriptgen.emulate.reload import ModelHolder
+from scriptgen.emulate.runtime import Runtime
+from scriptgen.emulate.udp import EmulatorDatagramProtocol
+
+log = Logger(namespace="scriptgen")
+
+
+class StartupError(Exception):
+    """The service cannot start; the message is one complete line."""
+
+
+class EmulatorService(MultiService):
+    """Listens on every served port and keeps the models fresh."""
+
+    def __init__(
+        self,
+        config: Config,
+        runtime: Runtime,
+        holder: ModelHolder,
+        specs: list[PortSpec],
+        reactor: Any,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.runtime = runtime
+        self.holder = holder
+        self.specs = specs
+        self.reactor = reactor
+        self.listening: dict[PortSpec, Any] = {}
+        self.udp: dict[PortSpec, EmulatorDatagramProtocol] = {}
+        self._reloader: LoopingCall | None = None
+        self._old_hup: Any = None
+
+    @property
+    def bound(self) -> dict[PortSpec, int]:
+        """The port number each served spec really listens on (port 0 picks one)."""
+        return {spec: port.getHost().port for spec, port in self.listening.items()}
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        events = self.runtime.events
+        events.start()
+        for spec in self.specs:
+            self._listen(spec)
+        if self.config.reload_interval > 0:
+            self._reloader = LoopingCall(self.holder.reload)
+            self._reloader.clock = self.reactor
+            self._reloader.start(self.config.reload_interval, now=False)
+        self._install_hup()
+        events.emit(
+            "scriptgen.service.started",
+            config=self.config.source,
+            model_dir=str(self.config.model_dir),
+            ports={str(s): p for s, p in self.bound.items()},
+        )
+
+    def _listen(self, spec: PortSpec) -> None:
+        listen = self.config.listen
+        try:
+            if spec.protocol == "tcp":
+                factory = EmulatorFactory(self.runtime, spec)
+                port = self.reactor.listenTCP(spec.served, factory, interface=listen, backlog=511)
+            else:
+                proto = EmulatorDatagramProtocol(self.runtime, spec)
+                port = self.reactor.listenUDP(spec.served, proto, interface=listen)
+                self.udp[spec] = proto
+        except CannotListenError as e:
+            problem = str(e.socketError) if e.socketError else str(e)
+            self.runtime.events.emit(
+                "scriptgen.port.error", port=str(spec), address=listen, error=problem
+            )
+            log.error(
+                "scriptgen: cannot listen on {spec} at {addr}: {problem}",
+                spec=str(spec),
+                addr=listen,
+                problem=problem,
+            )
+            return
+        self.listening[spec] = port
+        real = port.getHost().port
+        self.runtime.events.emit(
+            "scriptgen.port.listening", port=str(spec), address=listen, listening=real
+        )
+        log.info(
+            "scriptgen: serving {spec} on {addr}:{real}", spec=str(spec), addr=listen, real=real
+        )
+
+    def _install_hup(self) -> None:
+        if (
+            not hasattr(signal, "SIGHUP")
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            return
+
+        def on_hup(_signum: int, _frame: Any) -> None:
+            self.reactor.callFromThread(self.holder.reload, True)
+
+        self._old_hup = signal.signal(signal.SIGHUP, on_hup)
+
+    def stopService(self) -> Deferred[Any]:  # noqa: N802
+        if self._reloader is not None and self._reloader.running:
+            self._reloader.stop()
+        if self._old_hup is not None:
+            signal.signal(signal.SIGHUP, self._old_hup)
+            self._old_hup = None
+        self.runtime.events.emit("scriptgen.service.stopped")
+        stops = [d for p in self.listening.values() if (d := p.stopListening()) is not None]
+        self.listening.clear()
+        d = DeferredList([*stops, super().stopService()])
+        d.addBoth(lambda _: self.runtime.events.close(timeout=2.0))
+        return d
+
+
+def _served_specs(config: Config, holder: ModelHolder) -> list[PortSpec]:
+    if config.ports is not None:
+        return list(config.ports)
+    return [PortSpec(proto, port, port) for proto, port in sorted(holder.machines)]
+
+
+def make_service(
+    config: Config, *, reactor: Any = None, events: EventLog | None = None
+) -> EmulatorService:
+    """Build the emulator service; raise StartupError (one line) when it cannot serve."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+
+    def warn(line: str) -> None:  # called from the event-log writer thread
+        reactor.callFromThread(log.warn, "{line}", line=line)
+
+    if events is None:
+        lim = config.limits
+        events = EventLog(
+            config.events,
+            queue_size=lim.event_queue,
+            payload_bytes=lim.log_payload_bytes,
+            warn=warn,
+        )
+    wanted = {s.key for s in config.ports} if config.ports is not None else None
+
+    def served(key: tuple[str, int]) -> bool:
+        return wanted is None or key in wanted
+
+    def defer_to_thread(f: Any, *args: Any) -> Deferred[Any]:
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    holder = ModelHolder(config.model_dir, events, defer_to_thread, served)
+    if not config.model_dir.is_dir():
+        raise StartupError(
+            f"config {config.source}: [scriptgen] model_dir: not a directory: {config.model_dir}"
+        )
+    for result in holder.load_initial():
+        if result.machine is None and served(result.key):
+            raise StartupError(f"model {result.error}")
+    specs = _served_specs(config, holder)
+    if not specs:
+        raise StartupError(f"model dir {config.model_dir}: no models to serve (ports = auto)")
+    for spec in specs:
+        if spec.key not in holder.machines:
+            raise StartupError(
+                f"config {config.source}: [scriptgen] ports: no model for "
+                f"{spec.protocol}/{spec.learned} in {config.model_dir}"
+            )
+    runtime = Runtime(config, events, holder, reactor)
+    return EmulatorService(config, runtime, holder, specs, reactor)

@@ -1,0 +1,167 @@
+"""UDP: one datagram is one request; dialog state is kept per source address.
+
+A "session" is the run of datagrams from one (address, port) until it is
+quiet for ``idle_timeout``, the machine reaches a closing state, or the table
+of sources (bounded by ``max_sources``, least recently used out first) needs
+the room. The root state's answer is not sent: there is no connection to
+greet, the first datagram is the first request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+
+from scriptgen.emulate.config import PortSpec
+from scriptgen.emulate.dialog import Dialog, Matched
+from scriptgen.emulate.eventlog import Endpoint
+from scriptgen.emulate.limits import LruTable
+from scriptgen.emulate.runtime import Runtime, new_session_id
+from scriptgen.model import End
+
+
+@dataclass(slots=True)
+class UdpSession:
+    dialog: Dialog
+    where: Endpoint
+    started: float
+    last: float
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class EmulatorDatagramProtocol(DatagramProtocol):
+    noisy = False
+
+    def __init__(self, runtime: Runtime, spec: PortSpec) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        bound = runtime.config.limits.max_sources
+        self.sessions: LruTable[tuple[str, int], UdpSession] = LruTable(bound, self._evicted)
+        self._sweeper: Any = None
+
+    def startProtocol(self) -> None:  # noqa: N802
+        self._schedule_sweep()
+
+    def stopProtocol(self) -> None:  # noqa: N802
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        for key, session in self.sessions.oldest():
+            self.sessions.pop(key)
+            self._end(session, "service_stopped")
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
+        rt = self.runtime
+        now = rt.clock.seconds()
+        session = self.sessions.get(addr)
+        if session is not None and now - session.last >= rt.config.limits.idle_timeout:
+            self.sessions.pop(addr)
+            self._end(session, "idle_timeout")
+            session = None
+        if session is None:
+            session = self._open(addr, now)
+            if session is None:
+                return
+        session.last = now
+        session.bytes_in += len(data)
+        if len(data) > rt.config.limits.max_buffer_bytes:
+            rt.limit_hit("max_buffer_bytes", session.where, buffered=len(data))
+            return
+        step = session.dialog.datagram(data)
+        if isinstance(step, Matched):
+            rt.events.emit(
+                "scriptgen.request.matched",
+                session.where,
+                state=step.state.id,
+                transition=step.rule.order,
+                target=step.target.id,
+                request=step.request,
+            )
+            self._answer(session, addr)
+            return
+        rt.events.emit(
+            "scriptgen.request.unmatched",
+            session.where,
+            state=step.state.id,
+            reason=step.reason,
+            request=step.request,
+            policy=rt.config.on_unmatched,
+        )
+        rt.keep_unmatched(session.where, step.state.id, step.request)
+        if rt.config.on_unmatched == "close":
+            self.sessions.pop(addr)
+            self._end(session, "unmatched")
+
+    def _open(self, addr: tuple[str, int], now: float) -> UdpSession | None:
+        machine = self.runtime.models.get(self.spec.key)
+        if machine is None:
+            return None
+        host = self.transport.getHost() if self.transport is not None else None
+        where = Endpoint(
+            "udp",
+            addr[0],
+            addr[1],
+            getattr(host, "host", ""),
+            getattr(host, "port", self.spec.served),
+            new_session_id(),
+        )
+        dialog = Dialog(machine, self.runtime.config.limits.max_buffer_bytes)
+        session = UdpSession(dialog, where, now, now)
+        self.sessions.put(addr, session)
+        self.runtime.events.emit("scriptgen.session.connect", where, state=dialog.state.id)
+        return session
+
+    def _answer(self, session: UdpSession, addr: tuple[str, int]) -> None:
+        state = session.dialog.state
+        if state.answer:
+            self.transport.write(state.answer, addr)
+            session.bytes_out += len(state.answer)
+        if state.answer or state.end is not End.OPEN:
+            self.runtime.events.emit(
+                "scriptgen.answer.sent",
+                session.where,
+                state=state.id,
+                answer=state.answer,
+                end=state.end.value,
+            )
+        if state.end is not End.OPEN:  # the dialog is over: the next datagram starts afresh
+            self.sessions.pop(addr)
+            self._end(session, "server_close" if state.end is End.CLOSE else "server_reset")
+
+    def _evicted(self, _addr: tuple[str, int], session: UdpSession) -> None:
+        self.runtime.limit_hit("max_sources", session.where)
+        self._end(session, "evicted")
+
+    def _end(self, session: UdpSession, reason: str) -> None:
+        self.runtime.events.emit(
+            "scriptgen.session.closed",
+            session.where,
+            reason=reason,
+            duration=round(session.last - session.started, 6),
+            bytes_in=session.bytes_in,
+            bytes_out=session.bytes_out,
+            requests=session.dialog.requests,
+            ignored_bytes=0,
+            state=session.dialog.state.id,
+        )
+
+    def sweep(self) -> None:
+        """End sessions quiet for longer than idle_timeout (oldest first; stop at the first live one)."""
+        now = self.runtime.clock.seconds()
+        idle = self.runtime.config.limits.idle_timeout
+        for key, session in self.sessions.oldest():
+            if now - session.last < idle:
+                break
+            self.sessions.pop(key)
+            self._end(session, "idle_timeout")
+
+    def _schedule_sweep(self) -> None:
+        interval = max(0.05, self.runtime.config.limits.idle_timeout / 2)
+        self._sweeper = self.runtime.clock.callLater(interval, self._sweep_again)
+
+    def _sweep_again(self) -> None:
+        self.sweep()
+        self._schedule_sweep()
