@@ -1,0 +1,134 @@
+"""Learning the committed lab captures with the real region analysis.
+
+Protocol facts live here only (the learner knows none): how to label a
+request with its command, so we can check that requests with different
+meanings took different transitions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from scriptgen.learn.dialog import group_dialogs
+from scriptgen.learn.phases import replay
+from scriptgen.learn.trainer import TrainOptions, learn_machine
+from scriptgen.model import Machine
+
+CAPTURES = Path(__file__).resolve().parent / "data" / "captures"
+RPC_HEADER = re.compile(rb"\x05\x00[\x00\x0b\x0e]\x03\x10\x00\x00\x00", re.S)
+
+
+def ftp_label(req: bytes) -> str:
+    return req.split(b" ")[0].strip().upper().decode("ascii", "replace")
+
+
+def redis_label(req: bytes) -> str:
+    lines = req.split(b"\r\n")
+    return lines[2].upper().decode("ascii", "replace") if len(lines) > 2 else "?"
+
+
+def smb_label(req: bytes) -> str:
+    """NetBIOS session request, SMB1 command, SMB2 command; for pipe I/O the DCE-RPC PDU type and opnum."""
+    if req[:1] == b"\x81":
+        return "nbss-session-request"
+    if req[4:8] == b"\xffSMB":
+        return f"smb1-{req[8]:02x}"
+    if req[4:8] == b"\xfeSMB":
+        label = f"smb2-{int.from_bytes(req[16:18], 'little'):02x}"
+        m = RPC_HEADER.search(req, 68)
+        if m is not None:
+            o = m.start()
+            ptype = {0: "request", 11: "bind", 14: "alter"}[req[o + 2]]
+            label += f"-rpc-{ptype}"
+            if ptype == "request":
+                label += f"-op{int.from_bytes(req[o + 22 : o + 24], 'little')}"
+        return label
+    return "other"
+
+
+CASES = {
+    "ftp": ("ftp.pcap", ("tcp", 21), ftp_label, {"USER", "PASS", "LIST", "RETR", "QUIT", "CWD"}),
+    "redis": ("redis.pcap", ("tcp", 6379), redis_label, {"GET", "SET"}),
+    "smb1": ("smb139.pcap", ("tcp", 139), smb_label, {"smb1-72", "smb1-73", "smb1-75", "smb1-32"}),
+    "smb2": ("smb445.pcap", ("tcp", 445), smb_label, {"smb2-00", "smb2-01", "smb2-03", "smb2-05"}),
+    "lsarpc": (
+        "lsarpc139.pcap",
+        ("tcp", 139),
+        smb_label,
+        {"smb2-0b-rpc-bind", "smb2-0b-rpc-request-op6", "smb2-0b-rpc-request-op0"},
+    ),
+}
+
+
+def regions_or_skip():
+    try:
+        from scriptgen.learn.regions import RegionOptions
+    except ImportError:
+        pytest.skip("scriptgen.learn.regions not available yet")
+    return RegionOptions
+
+
+_learned: dict[str, tuple[Machine, list]] = {}
+
+
+def learned(case: str) -> tuple[Machine, list, object]:
+    """Learn a capture once per test session (the machine is only read by the tests)."""
+    region_options = regions_or_skip()
+    name, key, labeller, _ = CASES[case]
+    path = CAPTURES / name
+    if not path.is_file():
+        pytest.skip(f"{path} not committed")
+    if case not in _learned:
+        from scriptgen.trace import read_conversations
+
+        dialogs = group_dialogs(read_conversations(path))[key]
+        machine = Machine(*key)
+        learn_machine(machine, dialogs, TrainOptions(region=region_options()))
+        _learned[case] = (machine, dialogs)
+    machine, dialogs = _learned[case]
+    return machine, dialogs, labeller
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_distinct_commands_take_distinct_transitions(case):
+    machine, dialogs, labeller = learned(case)
+    labels_of = defaultdict(set)  # (state, transition index) -> labels of the requests that took it
+    seen = set()
+    for d in dialogs:
+        state = machine.states[machine.root]
+        for turn in d.suffix.turns:
+            hit = state.best_transition(turn.request)
+            if hit is None:
+                break
+            label = labeller(turn.request)
+            seen.add(label)
+            labels_of[(state.id, state.transitions.index(hit[0]))].add(label)
+            state = machine.states[hit[0].target]
+    mixed = {k: v for k, v in labels_of.items() if len(v) > 1}
+    assert not mixed, f"transitions taken by requests of different commands: {mixed}"
+    assert CASES[case][3] <= seen, CASES[case][3] - seen
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_training_conversation_replays_without_reaching_a_bucket(case):
+    machine, dialogs, _ = learned(case)
+    stuck = []
+    for d in dialogs:
+        n, stop = replay(machine, d.suffix)
+        if stop is not None:
+            stuck.append((d.suffix.origin, n, len(d.suffix.turns), stop))
+    assert not stuck, f"{len(stuck)}/{len(dialogs)} stop at a bucket, e.g. {stuck[:3]}"
+    assert all(not s.bucket for s in machine.states.values())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_states_have_one_consolidated_answer_from_the_evidence(case):
+    machine, _, _ = learned(case)
+    for s in machine.states.values():
+        if s.samples:
+            assert s.answer in s.answers
+            assert s.answers[s.answer] == max(s.answers.values())
