@@ -200,7 +200,7 @@ class Learner:
         """
         if not state.transitions:
             return 0
-        relaxed: dict[int, regex.Pattern | None] = {}
+        relaxed: dict[int, tuple[regex.Pattern, int, int] | None] = {}
         widened = 0
         for suffix in state.bucket:
             request = suffix.turns[0].request
@@ -211,7 +211,9 @@ class Learner:
                 if idx not in relaxed:
                     relaxed[idx] = _relaxed_regex(t.pattern, self.options.widen_slack)
                 rx = relaxed[idx]
-                m = rx.fullmatch(request) if rx is not None else None
+                if rx is None or not rx[1] <= len(request) <= rx[2]:
+                    continue
+                m = rx[0].fullmatch(request)
                 if m is not None:
                     hits.append((t, m))
             if len(hits) != 1:
@@ -226,18 +228,23 @@ def _slack(region: Region, slack: int) -> int:
     return max(slack, region.max_len)
 
 
-def _relaxed_regex(pattern: Pattern, slack: int) -> regex.Pattern | None:
-    """The pattern with every mutating length range stretched by the slack; None if nothing fixed."""
+def _relaxed_regex(pattern: Pattern, slack: int) -> tuple[regex.Pattern, int, int] | None:
+    """The pattern with every mutating length range stretched by the slack, and its
+    total length bounds; None when there is nothing fixed to anchor on."""
     if pattern.specificity == 0 or all(r.is_fixed for r in pattern.regions):
         return None
     parts = []
+    lo = hi = 0
     for r in pattern.regions:
         if r.fixed is not None:
             parts.append(b"(" + regex.escape(r.fixed) + b")")
+            lo, hi = lo + len(r.fixed), hi + len(r.fixed)
         else:
             s = _slack(r, slack)
-            parts.append(b"(.{%d,%d})" % (max(0, r.min_len - s), r.max_len + s))
-    return regex.compile(b"(?s)" + b"".join(parts))
+            a, b = max(0, r.min_len - s), r.max_len + s
+            parts.append(b"(.{%d,%d})" % (a, b))
+            lo, hi = lo + a, hi + b
+    return regex.compile(b"(?s)" + b"".join(parts)), lo, hi
 
 
 def _widened(pattern: Pattern, match: regex.Match) -> Pattern:

@@ -146,8 +146,10 @@ def _read_sources(
         index = len(captures) - 1
         if progress:
             progress("read", done, len(files), path.name)
-        for conv in read_conversations(path):
+        for n, conv in enumerate(read_conversations(path), start=1):
             seen_by.setdefault((conv.protocol, conv.server.port), set()).add(index)
+            if progress and n % 256 == 0:
+                progress("read", done, len(files), f"{path.name}: {n} conversations")
             yield conv
         done += 1
         if progress:
