@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from scriptgen.trace.decode import iter_segments
 from scriptgen.trace.errors import TraceError, TraceStats
 from scriptgen.trace.flows import DEFAULT_MAX_CONNECTIONS, ConversationTracker
+from scriptgen.trace.pcapfile import iter_records
 from scriptgen.trace.types import Conversation, Direction, Endpoint, Message, Outcome
 
 __all__ = [
@@ -52,9 +54,6 @@ def read_conversations(
     ``udp_timeout`` seconds of capture time, and whatever is still open at
     the end of the file last, by first packet. Sort if you need another order.
     """
-    from scriptgen.trace.decode import iter_segments
-    from scriptgen.trace.pcapfile import iter_records
-
     if stats is None:
         stats = TraceStats()
     records = iter_records(path, stats)  # raises TraceError now
