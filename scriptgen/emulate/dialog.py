@@ -8,20 +8,26 @@ hard part -- where does one request end in a stream -- testable on its own.
 
 Where a request ends (TCP), given the buffer B at the current state:
 
-1. B fullmatches a transition and no pattern could extend B: take B.
-2. A proper prefix of B fullmatches a transition and the rest is a plausible
-   start of the next request in the state that transition leads to (it
-   matches, could be extended, or starts with a match there): split, if that
-   prefix match is more specific than a match of the whole of B. Pipelined
-   requests ("PING\\r\\nPING\\r\\n") arrive in one segment; a generic
-   ``<any>\\r\\n`` pattern must not swallow both when a specific one fits each.
-3. B fullmatches but could still grow into a longer request: wait for the
-   *settle* delay; if nothing more comes, take B.
-4. Nothing matches but some pattern could extend B: wait for more bytes (the
+1. Split: a proper prefix of B fullmatches a transition and the rest reads
+   as the next request(s) in the state it leads to (matches, starts with a
+   match, or could still become one there). Take the prefix when that
+   reading explains more fixed bytes than one match of the whole of B:
+   pipelined ``USER a\r\nPING\r\n`` is two requests even though
+   ``USER <1..20>\r\n`` alone fits too.
+2. B fullmatches and cannot grow: take B. It can grow when another pattern
+   could still extend it (``PING`` vs ``PINGALL\r\n``) or when its own final
+   mutating region has room left (a payload cut by a segment boundary);
+   then wait the *settle* delay and take B if nothing more came.
+3. Nothing matches but some pattern could extend B: wait for more bytes (the
    transport bounds the wait with the request timeout).
-5. A proper prefix matches (the rest is garbage): take the prefix; the rest
-   is judged in the next state.
-6. Otherwise B is unmatched.
+4. A proper prefix matches and the rest is garbage: take the prefix; the
+   rest is judged in the next state.
+5. Otherwise B is unmatched.
+
+A pattern ending in a fixed region (a terminator) is not considered able to
+grow by swallowing its own terminator: learned mutating regions carry only
+a length range, so the emulator cannot tell, and treating every line as
+possibly unfinished would delay every answer by the settle delay.
 """
 
 from __future__ import annotations
@@ -118,16 +124,12 @@ class Dialog:
     def _decide(self, final: bool) -> Step | None:
         buf, state = self.buffer, self.state
         whole = state.best(buf)
-        extend = state.could_extend(buf)
-        if whole is not None and not extend:
-            return self._take(len(buf), whole)
         split = self._plausible_split(buf, state)
-        if split is not None and (
-            whole is None or split[0].rule.specificity > whole[0].specificity
-        ):
+        if split is not None and (whole is None or split[2] > whole[0].specificity):
             return self._take(split[1], (split[0].rule, split[0].match))
+        extend = state.could_extend(buf)
         if whole is not None:
-            if final:
+            if final or not (extend or whole[0].tail_slack(whole[1])):
                 return self._take(len(buf), whole)
             self.waiting = Waiting.SETTLE
             return None
@@ -143,20 +145,28 @@ class Dialog:
             return None
         return self._unmatched("no_match")
 
-    def _plausible_split(self, buf: bytes, state: StateIndex) -> tuple[Matched, int] | None:
+    def _plausible_split(self, buf: bytes, state: StateIndex) -> tuple[Matched, int, int] | None:
+        """The best way to read ``buf`` as one whole request plus the start of another.
+
+        Scored by the fixed bytes both parts match (the rest scores its best
+        full or prefix match in the next state, 0 if it is only incomplete),
+        so a split wins over one match of the whole buffer only when it
+        explains more of it: ``USER a\r\nPING\r\n`` is two requests even
+        though ``USER <1..20>\r\n`` alone also fits.
+        """
+        best: tuple[Matched, int, int] | None = None
         for _rule, n in state.prefix_matches(buf):
             hit = state.best(buf[:n])
             if hit is None:
                 continue
             target = self.machine.states[hit[0].target]
-            rest = buf[n:]
-            if (
-                target.best(rest) is not None
-                or target.could_extend(rest)
-                or next(target.prefix_matches(rest), None) is not None
-            ):
-                return Matched(state, hit[0], buf[:n], target, hit[1]), n
-        return None
+            rest_score = _plausibility(target, buf[n:])
+            if rest_score is None:
+                continue
+            total = hit[0].specificity + rest_score
+            if best is None or total > best[2]:
+                best = (Matched(state, hit[0], buf[:n], target, hit[1]), n, total)
+        return best
 
     def _take(self, n: int, hit: tuple[Rule, Any]) -> Matched:
         rule, match = hit
@@ -181,3 +191,16 @@ class Dialog:
         self.state = self.machine.states[hit[0].target]
         self.requests += 1
         return Matched(source, hit[0], data, self.state, hit[1])
+
+
+def _plausibility(state: StateIndex, data: bytes) -> int | None:
+    """How well ``data`` reads as the next request(s) at ``state``: the fixed
+    bytes of its best full or prefix match, 0 if it is only a possible start,
+    None if it cannot be a request there."""
+    whole = state.best(data)
+    if whole is not None:
+        return whole[0].specificity
+    prefix = next(state.prefix_matches(data), None)
+    if prefix is not None:
+        return prefix[0].specificity
+    return 0 if state.could_extend(data) else None

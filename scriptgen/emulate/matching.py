@@ -29,7 +29,7 @@ from scriptgen.model import End, Machine, Pattern, State, Transition
 ANCHOR_BYTES = 4  # bytes of the anchoring fixed region used as the dict key
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Rule:
     """One transition, prepared for matching."""
 
@@ -40,6 +40,10 @@ class Rule:
     specificity: int
     prefix_re: Any  # matches the shortest prefix of a buffer this pattern fullmatches
     anchor: tuple[int, bytes] | None  # (offset, first bytes of a fixed region)
+    tail_max: int | None  # max length of a final mutating region (None: ends fixed)
+
+    def __repr__(self) -> str:
+        return f"Rule({self.order}: {self.pattern.describe()} -> {self.target})"
 
     @property
     def sort_key(self) -> tuple[int, int]:
@@ -47,6 +51,20 @@ class Rule:
 
     def fullmatch(self, data: bytes) -> Any:
         return self.pattern.fullmatch(data)
+
+    def tail_slack(self, match: Any) -> bool:
+        """True when ``match`` leaves the pattern's final mutating region room to grow.
+
+        A request whose open-ended tail (a payload) was cut by a segment
+        boundary still matches; this is the sign to wait for the settle delay
+        before answering. A pattern that ends in a fixed region (a terminator)
+        does not grow this way: only swallowing its own terminator would
+        make it longer.
+        """
+        if self.tail_max is None:
+            return False
+        last = len(self.pattern.regions)
+        return match.end(last) - match.start(last) < self.tail_max
 
     def shortest_prefix(self, data: bytes) -> int:
         """Length of the shortest non-empty prefix of ``data`` this rule fullmatches (0: none)."""
@@ -67,6 +85,13 @@ def _prefix_regex(pattern: Pattern) -> Any:
     return regex.compile(b"(?s)" + b"".join(parts))
 
 
+def _tail_max(pattern: Pattern) -> int | None:
+    if not pattern.regions or pattern.regions[-1].fixed is not None:
+        return None
+    last = pattern.regions[-1]
+    return last.max_len if last.max_len > last.min_len else None
+
+
 def _anchor(pattern: Pattern) -> tuple[int, bytes] | None:
     offset = 0
     for region in pattern.regions:
@@ -80,7 +105,7 @@ def _anchor(pattern: Pattern) -> tuple[int, bytes] | None:
     return None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class StateIndex:
     """A state's answer, end and transitions, indexed for matching."""
 
@@ -90,6 +115,9 @@ class StateIndex:
     rules: list[Rule]
     groups: list[tuple[int, int, dict[bytes, list[Rule]]]] = field(default_factory=list)
     floating: list[Rule] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"StateIndex({self.id}, {len(self.rules)} rules)"
 
     @classmethod
     def build(cls, state: State) -> StateIndex:
@@ -104,6 +132,7 @@ class StateIndex:
                     specificity=t.pattern.specificity,
                     prefix_re=_prefix_regex(t.pattern),
                     anchor=_anchor(t.pattern),
+                    tail_max=_tail_max(t.pattern),
                 )
             )
             t.pattern.compiled  # noqa: B018 - compile now (off the reactor thread), not at first use
@@ -147,6 +176,7 @@ class StateIndex:
         return None
 
     def could_extend(self, data: bytes) -> bool:
+        """Some pattern could match ``data`` plus more bytes (``data`` does not match it yet)."""
         return any(rule.pattern.could_extend(data) for rule in self.candidates(data))
 
     def prefix_matches(self, data: bytes) -> Iterator[tuple[Rule, int]]:
