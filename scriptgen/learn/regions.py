@@ -1,0 +1,367 @@
+"""Region analysis: the requests leaving one state → clusters with patterns.
+
+The core of the learner (ScriptGen, RAID 2006, and DESIGN.md "Region
+analysis"). Given the first requests of the suffixes in a state's bucket,
+``analyse`` returns one ``Cluster`` per group of requests believed to share
+a meaning, each with a ``Pattern`` of fixed and mutating regions that
+fullmatches every member:
+
+1. *distances*: all pairs, normalised Indel distance (1 - 2·LCS/(|a|+|b|))
+   from ``rapidfuzz.process.cdist`` on each message's head and tail
+   (``max_distance_len``); identical messages are analysed once, weighted.
+2. *macroclustering*: ``scipy.cluster.hierarchy.linkage`` (``linkage``,
+   average by default) cut at ``distance_threshold``; clusters holding fewer
+   than ``min_cluster_size`` requests are dropped (they stay in the bucket).
+3. *alignment*: per cluster, a progressive multiple alignment along the
+   clustering tree (``scriptgen.learn.align``); columns where every request
+   has the same byte are fixed, others mutating; fixed islands shorter than
+   ``min_fixed_island`` between mutating runs are folded into them; a
+   mutating region's length range is the range of byte counts the members
+   put in it, so the pattern matches every member by construction.
+4. *microclustering*: the mutating region whose recurring values
+   (≥ ``micro_min_count`` requests and ≥ ``micro_min_fraction`` of the
+   cluster) cover the most requests splits the cluster; each recurring value
+   becomes a fixed region of its sub-cluster, which is refined again
+   (``micro_max_depth`` levels, ``max_clusters`` in all).
+   The generic parent is kept as its own cluster whose members are the
+   requests with non-recurring values (``keep_generic``): the matching
+   function prefers the sub-clusters (more fixed bytes), and the parent
+   still takes the next value nobody has seen yet. When every member had a
+   recurring value there is no parent cluster (the values are taken to be
+   distinct commands, not samples of a free field).
+5. *generalisation*: a variable-width mutating region [a, b] becomes
+   [⌊a/(1+s)⌋, ⌈b·(1+s)⌉] with s = ``length_slack``; fixed-width ones
+   (a = b: ids, counters, lengths) stay exact.
+6. requests that ended in no cluster (small clusters, or beyond
+   ``max_samples``) join the most specific returned pattern that fullmatches
+   them.
+
+Why these libraries (measured on this shared 2-core box, load ~5, see
+``benchmarks/region_speed.py``): all pairs of 200 × 1 KB messages take
+0.5-1 s with rapidfuzz ``cdist`` + Indel (1.2-1.5 s with Levenshtein),
+against seconds to tens of seconds for edlib, parasail and Biopython, which
+have no all-pairs call and need a Python loop over pairs. Indel is 2-10×
+faster than Levenshtein in ``cdist`` (bit-parallel LCS), so it clusters;
+Levenshtein ``opcodes`` (substitutions keep fixed-width fields in one
+column) aligns, ~4 ms per pair of 4 KB messages.
+
+Defaults and the measurements that chose them: see ``RegionOptions``.
+Nothing here knows any protocol: the tests hold the protocol facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import Indel
+from scipy.cluster.hierarchy import linkage
+from scipy.spatial.distance import squareform
+
+from scriptgen.learn.align import Alignment, Layout, head_tail, layout, merge
+from scriptgen.model import Pattern, Region
+
+LINKAGES = ("average", "complete", "single", "weighted")
+
+
+@dataclass(frozen=True)
+class RegionOptions:
+    """Thresholds and bounds of region analysis (all saved in the model's provenance)."""
+
+    # Macroclustering cut on the normalised Indel distance (0 = same, 1 = nothing shared).
+    distance_threshold: float = 0.4
+    # How scipy merges clusters; average (UPGMA) separated commands best.
+    linkage: str = "average"
+    # Macroclusters with fewer requests (duplicates counted) make no transition.
+    min_cluster_size: int = 3
+    # A mutating region's value recurring at least this often ...
+    micro_min_count: int = 3
+    # ... and in at least this fraction of the cluster becomes a sub-cluster.
+    micro_min_fraction: float = 0.1
+    # Nesting of microcluster splits.
+    micro_max_depth: int = 3
+    # Keep the generic parent of a split for the non-recurring requests.
+    keep_generic: bool = True
+    # Fixed runs shorter than this between mutating runs are folded into them.
+    min_fixed_island: int = 2
+    # At most this many distinct requests are analysed per call: the most
+    # frequent first, ties in a hash order (deterministic); others can
+    # still join a cluster whose pattern matches them.
+    max_samples: int = 500
+    # Distances are computed on at most this many bytes per request
+    # (3/4 head, 1/4 tail).
+    max_distance_len: int = 256
+    # Alignment uses at most this many bytes per request (3/4 head, 1/4
+    # tail); the elided middle lands in a mutating region.
+    max_align_len: int = 4096
+    # Widening of variable-width mutating regions (generalisation), see module doc.
+    length_slack: float = 1.0
+    # At most this many clusters per call.
+    max_clusters: int = 256
+    # Threads for the distance matrix (rapidfuzz); results do not depend on it.
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.distance_threshold <= 1.0:
+            raise ValueError("distance_threshold must be within 0..1")
+        if self.linkage not in LINKAGES:
+            raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}")
+        if not 0.0 <= self.micro_min_fraction <= 1.0:
+            raise ValueError("micro_min_fraction must be within 0..1")
+        if self.length_slack < 0:
+            raise ValueError("length_slack must be >= 0")
+        for name in ("min_cluster_size", "micro_min_count", "min_fixed_island", "max_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("max_distance_len", "max_align_len"):
+            if getattr(self, name) < 8:
+                raise ValueError(f"{name} must be >= 8")
+        if self.micro_max_depth < 0 or self.max_clusters < 1 or self.workers == 0:
+            raise ValueError("micro_max_depth >= 0, max_clusters >= 1, workers != 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> RegionOptions:
+        """Options from ``to_json`` output; unknown keys (newer versions) are ignored."""
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in obj:
+                kind = type(f.default)
+                value = obj[f.name]
+                if kind is bool and not isinstance(value, bool):
+                    raise ValueError(f"{f.name}: expected a boolean")
+                kwargs[f.name] = kind(value)
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Requests believed to share a meaning, and the pattern all of them fullmatch."""
+
+    pattern: Pattern
+    members: tuple[int, ...]  # indices into the samples given to ``analyse``
+
+
+def analyse(samples: Sequence[bytes], options: RegionOptions = RegionOptions()) -> list[Cluster]:
+    """Region analysis of one state's requests (see the module docstring).
+
+    Deterministic and independent of the order of ``samples``; output
+    sorted by size (largest first), then specificity, then pattern.
+    """
+    occurrences: dict[bytes, list[int]] = {}
+    for i, sample in enumerate(samples):
+        occurrences.setdefault(bytes(sample), []).append(i)
+    if not occurrences:
+        return []
+    uniq = _select(occurrences, options.max_samples)
+    weights = np.array([len(occurrences[u]) for u in uniq], dtype=np.int64)
+    budget = _Budget(options.max_clusters)
+    found: list[tuple[Pattern, np.ndarray]] = []
+    for leaves, plan in _macroclusters(uniq, weights, options):
+        if budget.remaining <= 0:
+            break
+        budget.take()
+        al, ids = _align(uniq, leaves, plan, options.max_align_len)
+        found.extend(_refine(al, ids, uniq, weights, 0, options, budget))
+    return _finish(found, uniq, occurrences, options)
+
+
+class _Budget:
+    """How many more clusters this call may still create."""
+
+    def __init__(self, total: int) -> None:
+        self.remaining = total
+
+    def take(self) -> bool:
+        if self.remaining <= 0:
+            return False
+        self.remaining -= 1
+        return True
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=8).digest()
+
+
+def _select(occurrences: dict[bytes, list[int]], limit: int) -> list[bytes]:
+    """The distinct requests to analyse, in a canonical order.
+
+    The most frequent first (they form the clusters), ties broken by a hash
+    so that a bounded subsample of one-offs is spread over all of them
+    rather than the shortest.
+    """
+    ranked = sorted(occurrences, key=lambda s: (-len(occurrences[s]), _digest(s)))
+    return sorted(ranked[:limit], key=lambda s: (len(s), s))
+
+
+Plan = list[tuple[int, int, int]]  # (child a, child b, new node) merges, in order
+
+
+def _macroclusters(
+    uniq: list[bytes], weights: np.ndarray, options: RegionOptions
+) -> list[tuple[list[int], Plan]]:
+    """Flat clusters of at least ``min_cluster_size`` requests and their merge trees."""
+    n = len(uniq)
+    if n == 1:
+        return [([0], [])] if weights[0] >= options.min_cluster_size else []
+    reps = [head_tail(u, options.max_distance_len)[0] for u in uniq]
+    dist = process.cdist(
+        reps, reps, scorer=Indel.normalized_distance, dtype=np.float32, workers=options.workers
+    )
+    dist = np.maximum(dist, dist.T)
+    np.fill_diagonal(dist, 0.0)
+    tree = linkage(squareform(dist, checks=False).astype(np.float64), method=options.linkage)
+    leaves: dict[int, list[int]] = {i: [i] for i in range(n)}
+    plans: dict[int, Plan] = {i: [] for i in range(n)}
+    for k, (a, b, height, _) in enumerate(tree):
+        if height > options.distance_threshold:
+            continue
+        a, b, new = int(a), int(b), n + k
+        leaves[new] = leaves.pop(a) + leaves.pop(b)
+        plans[new] = plans.pop(a) + plans.pop(b) + [(a, b, new)]
+    out = []
+    for node in sorted(leaves, key=lambda nd: min(leaves[nd])):
+        if int(weights[leaves[node]].sum()) >= options.min_cluster_size:
+            out.append((leaves[node], plans[node]))
+    return out
+
+
+def _align(
+    uniq: list[bytes], leaves: list[int], plan: Plan, limit: int
+) -> tuple[Alignment, np.ndarray]:
+    """Progressive multiple alignment along the clustering tree; rows → sample ids."""
+    profiles = {leaf: Alignment.single(uniq[leaf], limit) for leaf in leaves}
+    order = {leaf: [leaf] for leaf in leaves}
+    for a, b, new in plan:
+        profiles[new] = merge(profiles.pop(a), profiles.pop(b))
+        order[new] = order.pop(a) + order.pop(b)
+    (root,) = profiles
+    return profiles[root], np.array(order[root], dtype=np.int64)
+
+
+def _refine(
+    al: Alignment,
+    ids: np.ndarray,
+    uniq: list[bytes],
+    weights: np.ndarray,
+    depth: int,
+    options: RegionOptions,
+    budget: _Budget,
+) -> list[tuple[Pattern, np.ndarray]]:
+    """The cluster's pattern, split by recurring values of a mutating region (microclustering)."""
+    lay = layout(al, options.min_fixed_island)
+    if depth >= options.micro_max_depth or budget.remaining <= 0:
+        return [(lay.pattern, ids)]
+    split = _best_split(al, lay, ids, uniq, weights, options)
+    if split is None:
+        return [(lay.pattern, ids)]
+    k, values, recurring = split
+    start, end = lay.starts[k], lay.ends[k]
+    justified = al.left_justify(start, end)
+    justified.pinned[start:end] = True
+    out: list[tuple[Pattern, np.ndarray]] = []
+    rest = np.ones(len(ids), dtype=bool)
+    for value in recurring:
+        if not budget.take():
+            break
+        rows = np.array([i for i, v in enumerate(values) if v == value], dtype=np.int64)
+        rest[rows] = False
+        child = justified.subset(rows)
+        out.extend(_refine(child, ids[rows], uniq, weights, depth + 1, options, budget))
+    left = ids[rest]
+    if len(left) and (options.keep_generic or int(weights[left].sum()) >= options.min_cluster_size):
+        out.append((lay.pattern, left))
+    return out
+
+
+def _best_split(
+    al: Alignment,
+    lay: Layout,
+    ids: np.ndarray,
+    uniq: list[bytes],
+    weights: np.ndarray,
+    options: RegionOptions,
+) -> tuple[int, list[bytes], list[bytes]] | None:
+    """The mutating region whose recurring values cover the most requests.
+
+    Returns (run index, each row's value, recurring values most frequent
+    first) or None. Regions holding an elided middle are not split on.
+    """
+    total = int(weights[ids].sum())
+    need = max(options.micro_min_count, math.ceil(options.micro_min_fraction * total))
+    elided = set(al.extra_col[al.extra_col >= 0].tolist())
+    best: tuple[int, int, list[bytes], list[bytes]] | None = None
+    for k, is_fixed in enumerate(lay.fixed):
+        if is_fixed or any(lay.starts[k] <= c < lay.ends[k] for c in elided):
+            continue
+        lo, hi = lay.bounds[:, k], lay.bounds[:, k + 1]
+        values = [uniq[s][lo[i] : hi[i]] for i, s in enumerate(ids.tolist())]
+        tally: Counter[bytes] = Counter()
+        for v, s in zip(values, ids.tolist(), strict=True):
+            tally[v] += int(weights[s])
+        recurring = sorted((v for v, c in tally.items() if c >= need), key=lambda v: (-tally[v], v))
+        covered = sum(tally[v] for v in recurring)
+        if recurring and (best is None or covered > best[0]):
+            best = (covered, k, values, recurring)
+    return None if best is None else best[1:]
+
+
+def _widen(pattern: Pattern, slack: float) -> Pattern:
+    """Generalise variable-width mutating regions by ``slack`` (module doc, step 5)."""
+    if slack <= 0:
+        return pattern
+    regions = []
+    for r in pattern.regions:
+        if r.is_fixed or r.min_len == r.max_len:
+            regions.append(r)
+        else:
+            lo = math.floor(r.min_len / (1.0 + slack))
+            hi = math.ceil(r.max_len * (1.0 + slack))
+            regions.append(Region.mutating(lo, hi))
+    return Pattern(tuple(regions))
+
+
+def _pattern_key(pattern: Pattern) -> str:
+    return json.dumps(pattern.to_json(), sort_keys=True)
+
+
+def _finish(
+    found: list[tuple[Pattern, np.ndarray]],
+    uniq: list[bytes],
+    occurrences: dict[bytes, list[int]],
+    options: RegionOptions,
+) -> list[Cluster]:
+    """Widen, merge equal patterns, let unclustered requests join, sort."""
+    members: dict[Pattern, set[bytes]] = {}
+    for pattern, ids in found:
+        wide = _widen(pattern, options.length_slack)
+        group = members.setdefault(wide, set())
+        for s in ids.tolist():
+            if wide.fullmatch(uniq[s]) is None:  # cannot happen by construction; stay safe
+                continue
+            group.add(uniq[s])
+    members = {p: g for p, g in members.items() if g}
+    placed = set().union(*members.values()) if members else set()
+    ranked = sorted(members, key=lambda p: (-p.specificity, _pattern_key(p)))
+    for sample in sorted(occurrences, key=lambda s: (len(s), s)):
+        if sample in placed:
+            continue
+        for pattern in ranked:
+            if pattern.fullmatch(sample) is not None:
+                members[pattern].add(sample)
+                break
+    clusters = [
+        Cluster(p, tuple(sorted(i for s in group for i in occurrences[s])))
+        for p, group in members.items()
+    ]
+    clusters.sort(key=lambda c: (-len(c.members), -c.pattern.specificity, _pattern_key(c.pattern)))
+    return clusters
