@@ -4,8 +4,8 @@ linearly with the number of transitions at a state.
 Why: a state that leaves through hundreds of learned transitions (every SMB
 command, every FTP verb, microclusters of each) would otherwise run hundreds
 of regular expressions per request. Most patterns have a fixed region at a
-constant offset from the start (after zero or more fixed-length mutating
-regions); its first bytes are an *anchor*. Each state keeps a dict per
+constant offset from the start (only fixed-length regions before it); the
+first bytes of the longest such region are the pattern's *anchor*. Each state keeps a dict per
 (offset, anchor length) from anchor bytes to the rules with that anchor, so a
 request only meets the rules whose anchor it actually carries, plus the few
 "floating" rules without a constant-offset anchor. Candidates are tried in
@@ -26,7 +26,7 @@ import regex
 
 from scriptgen.model import End, Machine, Pattern, State, Transition
 
-ANCHOR_BYTES = 4  # bytes of the anchoring fixed region used as the dict key
+ANCHOR_BYTES = 16  # bytes of the anchoring fixed region used as the dict key
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -93,16 +93,18 @@ def _tail_max(pattern: Pattern) -> int | None:
 
 
 def _anchor(pattern: Pattern) -> tuple[int, bytes] | None:
+    """The longest fixed region at a constant offset (only fixed-length regions
+    before it), as (offset, its first ANCHOR_BYTES bytes)."""
+    best: tuple[int, bytes] | None = None
     offset = 0
     for region in pattern.regions:
-        if region.fixed is not None:
-            if region.fixed:
-                return (offset, region.fixed[:ANCHOR_BYTES])
-            continue
-        if region.min_len != region.max_len:
-            return None
+        if region.fixed is not None and region.fixed:
+            if best is None or len(region.fixed) > len(best[1]):
+                best = (offset, region.fixed[:ANCHOR_BYTES])
+        elif region.min_len != region.max_len:
+            break
         offset += region.min_len
-    return None
+    return best
 
 
 @dataclass(slots=True, repr=False)

@@ -1,0 +1,141 @@
+"""The per-state index must give exactly State.best_transition's answer, and
+must look at few candidates when a state has many anchored transitions."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scriptgen.emulate.dialog import Dialog, Matched, Unmatched, Waiting
+from scriptgen.emulate.matching import CompiledMachine, StateIndex
+from scriptgen.model import Machine, Pattern, Region, State, Transition
+from tests.test_emulate_support import line_machine
+
+ALPHABET = b"ab\x00\r\n"
+small_bytes = st.binary(min_size=0, max_size=6).map(
+    lambda b: bytes(ALPHABET[x % len(ALPHABET)] for x in b)
+)
+fixed_region = st.binary(min_size=1, max_size=3).map(
+    lambda b: Region(bytes(ALPHABET[x % len(ALPHABET)] for x in b))
+)
+mutating_region = st.tuples(st.integers(0, 3), st.integers(0, 3)).map(
+    lambda t: Region.mutating(min(t), max(t))
+)
+patterns = st.lists(st.one_of(fixed_region, mutating_region), min_size=1, max_size=4).map(
+    lambda rs: Pattern(tuple(rs))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(patterns, min_size=1, max_size=8), st.lists(small_bytes, min_size=1, max_size=10))
+def test_index_agrees_with_best_transition(pats: list[Pattern], requests: list[bytes]) -> None:
+    state = State(0, transitions=[Transition(p, 0) for p in pats])
+    index = StateIndex.build(state)
+    for req in requests:
+        expected = state.best_transition(req)
+        got = index.best(req)
+        if expected is None:
+            assert got is None
+        else:
+            assert got is not None and got[0].transition is expected[0]
+        assert index.could_extend(req) == any(p.could_extend(req) for p in pats)
+
+
+def test_many_anchored_transitions_meet_few_candidates() -> None:
+    state = State(0)
+    for i in range(1000):
+        state.transitions.append(
+            Transition(
+                Pattern((Region(b"CMD%04d " % i), Region.mutating(0, 8), Region(b"\r\n"))), 0
+            )
+        )
+    index = StateIndex.build(state)
+    assert len(index.candidates(b"CMD0512 xyz\r\n")) <= 10
+    assert index.best(b"CMD0512 xyz\r\n")[0].order == 512
+
+
+def test_constant_offset_anchor_after_fixed_length_mutating_region() -> None:
+    """A binary header (2 varying id bytes, then a fixed command) is still indexed."""
+    state = State(0)
+    for i in range(200):
+        state.transitions.append(
+            Transition(Pattern((Region.mutating(2, 2), Region(bytes([1, i, 0xEE])))), 0)
+        )
+    index = StateIndex.build(state)
+    assert not index.floating
+    data = b"\x12\x34" + bytes([1, 77, 0xEE])
+    assert len(index.candidates(data)) == 1
+    assert index.best(data)[0].order == 77
+
+
+def test_unanchored_patterns_still_match() -> None:
+    state = State(0, transitions=[Transition(Pattern((Region.mutating(1, 50),)), 0)])
+    index = StateIndex.build(state)
+    assert index.floating and index.best(b"anything") is not None
+
+
+def dialog(machine: Machine | None = None) -> Dialog:
+    return Dialog(CompiledMachine.build(machine or line_machine()), 1000)
+
+
+def test_dialog_waits_for_incomplete_request() -> None:
+    d = dialog()
+    assert d.feed(b"USER b") == []
+    assert d.waiting is Waiting.MORE
+    steps = d.feed(b"ob\r\n")
+    assert [type(s) for s in steps] == [Matched] and steps[0].request == b"USER bob\r\n"
+    assert d.waiting is Waiting.NOTHING
+
+
+def test_dialog_expire_declares_incomplete_unmatched() -> None:
+    d = dialog()
+    d.feed(b"USER b")
+    steps = d.expire()
+    assert isinstance(steps[0], Unmatched) and steps[0].reason == "request_timeout"
+    assert d.buffer == b""
+
+
+def test_dialog_settle_takes_match() -> None:
+    d = dialog()
+    assert d.feed(b"PING") == [] and d.waiting is Waiting.SETTLE
+    steps = d.settle()
+    assert isinstance(steps[0], Matched) and steps[0].target.answer == b"+PONG\r\n"
+
+
+def test_open_ended_payload_waits_for_settle() -> None:
+    """A request whose final mutating region has room may be cut by a segment boundary."""
+    m = Machine("tcp", 1)
+    s = m.new_state()
+    m.states[0].transitions.append(
+        Transition(Pattern((Region(b"\x00\x01"), Region.mutating(1, 500))), s.id)
+    )
+    d = dialog(m)
+    assert d.feed(b"\x00\x01" + b"x" * 100) == []
+    assert d.waiting is Waiting.SETTLE
+    steps = d.feed(b"y" * 50)
+    assert steps == [] and d.waiting is Waiting.SETTLE
+    (step,) = d.settle()
+    assert len(step.request) == 152
+
+
+def test_generic_pattern_does_not_swallow_pipelined_specific_requests() -> None:
+    m = Machine("tcp", 1)
+    ping = m.new_state()
+    other = m.new_state()
+    for s in (m.states[0], ping, other):
+        s.transitions.append(Transition(Pattern.literal(b"PING\r\n"), ping.id))
+        s.transitions.append(
+            Transition(Pattern((Region.mutating(1, 100), Region(b"\r\n"))), other.id)
+        )
+    d = dialog(m)
+    steps = d.feed(b"PING\r\nPING\r\nHELLO\r\n")
+    assert [s.request for s in steps] == [b"PING\r\n", b"PING\r\n", b"HELLO\r\n"]
+    assert [s.target.id for s in steps] == [ping.id, ping.id, other.id]
+
+
+def test_udp_datagram_is_one_request() -> None:
+    d = dialog(line_machine(protocol="udp"))
+    step = d.datagram(b"PING\r\nPING\r\n")
+    assert isinstance(step, Unmatched)
+    step = d.datagram(b"PING\r\n")
+    assert isinstance(step, Matched) and d.state.id == 1
