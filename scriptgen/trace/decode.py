@@ -40,6 +40,7 @@ _IP6_EXT = frozenset({0, 43, 60, 135, 139, 140})
 _MAX_LINK_LAYERS = 8  # VLAN tags / MPLS labels; bounds the loop on hostile frames
 _MAX_IP6_EXT = 16
 
+_ip4_hdr = struct.Struct("!BxHHHxBxx4s4s").unpack_from
 _tcp_hdr = struct.Struct("!HHIIH").unpack_from
 _udp_hdr = struct.Struct("!HHH").unpack_from
 _u32 = struct.Struct("!I").unpack_from
@@ -103,9 +104,8 @@ def iter_segments(
                 if avail < 20:
                     warn("bad-ip-header", f"packet {idx}: {avail} bytes of IPv4 header")
                     continue
-                vihl = data[off]
+                vihl, tot, ident, ff, proto, src, dst = _ip4_hdr(data, off)
                 ihl = (vihl & 15) << 2
-                tot = (data[off + 2] << 8) | data[off + 3]
                 if tot == 0:  # segmentation offload: the length was never filled in
                     tot = avail
                 if vihl >> 4 != 4 or ihl < 20 or tot < ihl:
@@ -117,13 +117,9 @@ def iter_segments(
                 if ihl > avail:
                     warn("truncated-header", f"packet {idx}: IPv4 options cut by snaplen")
                     continue
-                proto = data[off + 9]
                 if proto != 6 and proto != 17:
                     skipped_proto += 1
                     continue
-                src = data[off + 12 : off + 16]
-                dst = data[off + 16 : off + 20]
-                ff = (data[off + 6] << 8) | data[off + 7]
                 l4 = off + ihl
                 end = off + tot
                 if ff & 0x3FFF:  # more-fragments flag or a fragment offset
@@ -131,7 +127,7 @@ def iter_segments(
                         warn("truncated-fragment", f"packet {idx}: IPv4 fragment cut by snaplen")
                         continue
                     done = frags.add(
-                        (4, src, dst, proto, data[off + 4 : off + 6]),
+                        (4, src, dst, proto, ident),
                         ts,
                         (ff & 0x1FFF) << 3,
                         bool(ff & 0x2000),
@@ -446,7 +442,7 @@ class FragmentReassembler:
         self._bytes -= ent.received
         self.stats.warn(
             "incomplete-datagram",
-            f"IPv{key[0]} datagram id {key[-1].hex()}: {len(ent.frags)} fragments, {why}",
+            f"IPv{key[0]} datagram id {_hexid(key[-1])}: {len(ent.frags)} fragments, {why}",
         )
 
 
@@ -467,3 +463,7 @@ def _assemble(frags: list[tuple[int, bytes]], total: int) -> bytes | None:
             chunk = d[: total - off]
             out[off : off + len(chunk)] = chunk
     return bytes(out)
+
+
+def _hexid(ident: int | bytes) -> str:
+    return ident.hex() if isinstance(ident, bytes) else f"{ident:04x}"

@@ -69,7 +69,7 @@ class _Reader:
     a record crosses the end of the current chunk.
     """
 
-    __slots__ = ("f", "buf", "pos", "base", "eof", "stats", "name")
+    __slots__ = ("f", "buf", "pos", "base", "eof", "stats", "name", "closers")
 
     def __init__(self, f: BinaryIO, name: str, stats: TraceStats, head: bytes) -> None:
         self.f = f
@@ -79,6 +79,12 @@ class _Reader:
         self.pos = 0
         self.base = 0  # file offset of buf[0]
         self.eof = False
+        self.closers: list[BinaryIO] = []  # closed when the records are exhausted
+
+    def close(self) -> None:
+        for f in self.closers:
+            f.close()
+        self.closers.clear()
 
     @property
     def offset(self) -> int:
@@ -143,14 +149,18 @@ def iter_records(source: Source, stats: TraceStats) -> Iterator[Record]:
     is exhausted or closed; a file object passed in is left open.
     """
     f, name, owned = _open(source)
+    reader = None
     try:
         reader = _start(f, name, stats)
-        gen = _dispatch(reader, name, stats)
+        if owned:
+            reader.closers.append(f)
+        return _dispatch(reader, name, stats)
     except BaseException:
+        if reader is not None:
+            reader.close()
         if owned:
             f.close()
         raise
-    return _closing(gen, f if owned else None)
 
 
 def _open(source: Source) -> tuple[BinaryIO, str, bool]:
@@ -185,8 +195,12 @@ def _start(f: BinaryIO, name: str, stats: TraceStats) -> _Reader:
     if head[:2] == b"\x1f\x8b":
         rest = _read_head(f, name, 64 * 1024)
         gz = gzip.GzipFile(fileobj=_Prefixed(head + rest, f), mode="rb")
-        f = gz  # type: ignore[assignment]
-        head = _read_head(f, name, 4)
+        head = _read_head(gz, name, 4)
+        if not head:
+            raise TraceError(f"{name}: empty gzip stream, not a capture")
+        reader = _Reader(gz, name, stats, head)  # type: ignore[arg-type]
+        reader.closers.append(gz)  # type: ignore[arg-type]
+        return reader
     if not head:
         raise TraceError(f"{name}: empty file, not a capture")
     return _Reader(f, name, stats, head)
@@ -209,14 +223,6 @@ class _Prefixed:
             out, self._prefix = self._prefix[:n], self._prefix[n:]
             return out
         return self._f.read(n)
-
-
-def _closing(gen: Iterator[Record], f: BinaryIO | None) -> Iterator[Record]:
-    try:
-        yield from gen
-    finally:
-        if f is not None:
-            f.close()
 
 
 def _dispatch(r: _Reader, name: str, stats: TraceStats) -> Iterator[Record]:
@@ -320,6 +326,7 @@ def _iter_pcap(
     finally:
         stats.packets_read += n
         stats.bytes_read += nbytes
+        r.close()
 
 
 def _resync_pcap(r: _Reader, endian: str, hdrlen: int, div: int, prev_sec: int) -> bool:
@@ -606,6 +613,7 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
     finally:
         stats.packets_read += n
         stats.bytes_read += nbytes
+        r.close()
 
 
 def _other_packet_block(
