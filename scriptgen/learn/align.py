@@ -183,14 +183,14 @@ def fixed_columns(al: Alignment, min_island: int) -> np.ndarray:
     has = al.extra_col[al.extra_col >= 0]
     fixed[has] = False
     if min_island > 1:
-        for start, end, is_fixed in _runs(fixed):
+        for start, end, is_fixed in runs(fixed):
             inside = start > 0 and end < len(fixed)
             if is_fixed and inside and end - start < min_island and not al.pinned[start:end].all():
                 fixed[start:end] = False
     return fixed
 
 
-def _runs(labels: np.ndarray) -> list[tuple[int, int, bool]]:
+def runs(labels: np.ndarray) -> list[tuple[int, int, bool]]:
     """Maximal runs of equal labels as (start, end, label)."""
     if len(labels) == 0:
         return []
@@ -203,23 +203,23 @@ def _runs(labels: np.ndarray) -> list[tuple[int, int, bool]]:
 def layout(al: Alignment, min_island: int) -> Layout:
     """Regions of an alignment: fixed runs exactly, mutating runs with the
     range of byte counts the rows put in them (so every row matches)."""
-    runs = _runs(fixed_columns(al, min_island))
+    spans = runs(fixed_columns(al, min_island))
     cnt = al.counts()
     m = cnt.shape[0]
     cum = np.concatenate([np.zeros((m, 1), dtype=np.int64), np.cumsum(cnt, axis=1)], axis=1)
-    cuts = [s for s, _, _ in runs] + [al.width]
+    cuts = [s for s, _, _ in spans] + [al.width]
     bounds = cum[:, cuts]
     regions = []
-    for k, (start, end, is_fixed) in enumerate(runs):
+    for k, (start, end, is_fixed) in enumerate(spans):
         if is_fixed:
             regions.append(Region(al.rows[0, start:end].astype(np.uint8).tobytes()))
         else:
             sizes = bounds[:, k + 1] - bounds[:, k]
             regions.append(Region.mutating(int(sizes.min()), int(sizes.max())))
     return Layout(
-        starts=tuple(s for s, _, _ in runs),
-        ends=tuple(e for _, e, _ in runs),
-        fixed=tuple(f for _, _, f in runs),
+        starts=tuple(s for s, _, _ in spans),
+        ends=tuple(e for _, e, _ in spans),
+        fixed=tuple(f for _, _, f in spans),
         regions=tuple(regions),
         bounds=bounds,
     )

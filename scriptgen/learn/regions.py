@@ -65,7 +65,7 @@ from rapidfuzz.distance import Indel
 from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
-from scriptgen.learn.align import Alignment, Layout, head_tail, layout, merge
+from scriptgen.learn.align import GAP, Alignment, Layout, head_tail, layout, merge, runs
 from scriptgen.model import Pattern, Region
 
 LINKAGES = ("average", "complete", "single", "weighted")
@@ -76,7 +76,7 @@ class RegionOptions:
     """Thresholds and bounds of region analysis (all saved in the model's provenance)."""
 
     # Macroclustering cut on the normalised Indel distance (0 = same, 1 = nothing shared).
-    distance_threshold: float = 0.4
+    distance_threshold: float = 0.35
     # How scipy merges clusters; average (UPGMA) separated commands best.
     linkage: str = "average"
     # Macroclusters with fewer requests (duplicates counted) make no transition.
@@ -258,14 +258,13 @@ def _refine(
     budget: _Budget,
 ) -> list[tuple[Pattern, np.ndarray]]:
     """The cluster's pattern, split by recurring values of a mutating region (microclustering)."""
-    lay = layout(al, options.min_fixed_island)
+    al, lay = _settle(al, ids, uniq, options)
     if depth >= options.micro_max_depth or budget.remaining <= 0:
         return [(lay.pattern, ids)]
     split = _best_split(al, lay, ids, uniq, weights, options)
     if split is None:
         return [(lay.pattern, ids)]
-    k, values, recurring = split
-    start, end = lay.starts[k], lay.ends[k]
+    start, end, values, recurring = split
     justified = al.left_justify(start, end)
     justified.pinned[start:end] = True
     out: list[tuple[Pattern, np.ndarray]] = []
@@ -283,6 +282,44 @@ def _refine(
     return out
 
 
+def _settle(
+    al: Alignment, ids: np.ndarray, uniq: list[bytes], options: RegionOptions
+) -> tuple[Alignment, Layout]:
+    """Make fixed the mutating regions where every row holds the same bytes.
+
+    Progressive alignment can place one shared value with gaps in
+    different columns; that is one fixed value, not a variable field, and
+    must not cost a microclustering level.
+    """
+    lay = layout(al, options.min_fixed_island)
+    for _ in range(8):  # each round only turns mutating columns fixed; few rounds suffice
+        same = [
+            (start, end)
+            for start, end, is_fixed in zip(lay.starts, lay.ends, lay.fixed, strict=True)
+            if not is_fixed and _one_value(al, lay, start, ids, uniq)
+        ]
+        if not same:
+            break
+        for start, end in same:
+            al = al.left_justify(start, end)
+            al.pinned[start:end] = True
+        al = al.subset(np.arange(len(ids)))
+        lay = layout(al, options.min_fixed_island)
+    return al, lay
+
+
+def _one_value(al: Alignment, lay: Layout, start: int, ids: np.ndarray, uniq: list[bytes]) -> bool:
+    """True when every row puts the same bytes in the run starting at column ``start``."""
+    if ((al.extra_col >= 0) & (al.extra_col >= start)).any():
+        k = lay.starts.index(start)
+        if any(lay.starts[k] <= c < lay.ends[k] for c in al.extra_col[al.extra_col >= 0].tolist()):
+            return False
+    k = lay.starts.index(start)
+    lo, hi = lay.bounds[:, k], lay.bounds[:, k + 1]
+    first = uniq[ids[0]][lo[0] : hi[0]]
+    return all(uniq[s][lo[i] : hi[i]] == first for i, s in enumerate(ids.tolist()))
+
+
 def _best_split(
     al: Alignment,
     lay: Layout,
@@ -290,29 +327,64 @@ def _best_split(
     uniq: list[bytes],
     weights: np.ndarray,
     options: RegionOptions,
-) -> tuple[int, list[bytes], list[bytes]] | None:
-    """The mutating region whose recurring values cover the most requests.
+) -> tuple[int, int, list[bytes], list[bytes]] | None:
+    """The column span whose recurring values cover the most requests.
 
-    Returns (run index, each row's value, recurring values most frequent
-    first) or None. Regions holding an elided middle are not split on.
+    Candidates are the mutating regions and, inside them, the maximal runs
+    of columns where no row has a gap (fixed-width sub-fields: a command
+    word aligned by substitution next to a free argument, so that "CMD1 x"
+    and "CMD2 x" still split although the whole region value never
+    recurs). Ties go to the earlier, then wider span. Spans holding an
+    elided middle are skipped. Returns (first column, end column, each
+    row's value, recurring values most frequent first) or None.
     """
     total = int(weights[ids].sum())
     need = max(options.micro_min_count, math.ceil(options.micro_min_fraction * total))
     elided = set(al.extra_col[al.extra_col >= 0].tolist())
-    best: tuple[int, int, list[bytes], list[bytes]] | None = None
-    for k, is_fixed in enumerate(lay.fixed):
-        if is_fixed or any(lay.starts[k] <= c < lay.ends[k] for c in elided):
+    offsets = np.concatenate(
+        [np.zeros((len(ids), 1), dtype=np.int64), np.cumsum(al.counts(), axis=1)], axis=1
+    )
+    best: tuple[int, int, int, int, list[bytes], list[bytes]] | None = None
+    for start, end in _split_candidates(al, lay):
+        if any(start <= c < end for c in elided):
             continue
-        lo, hi = lay.bounds[:, k], lay.bounds[:, k + 1]
+        lo, hi = offsets[:, start], offsets[:, end]
         values = [uniq[s][lo[i] : hi[i]] for i, s in enumerate(ids.tolist())]
         tally: Counter[bytes] = Counter()
         for v, s in zip(values, ids.tolist(), strict=True):
             tally[v] += int(weights[s])
         recurring = sorted((v for v, c in tally.items() if c >= need), key=lambda v: (-tally[v], v))
-        covered = sum(tally[v] for v in recurring)
-        if recurring and (best is None or covered > best[0]):
-            best = (covered, k, values, recurring)
-    return None if best is None else best[1:]
+        if not recurring or len(tally) == 1:
+            continue
+        key = (_split_entropy([tally[v] for v in recurring], total), -start, end - start)
+        if best is None or key > best[:3]:
+            best = (*key, start, end, values, recurring)
+    return None if best is None else best[3:]
+
+
+def _split_entropy(groups: list[int], total: int) -> float:
+    """Entropy of the partition a split makes (recurring groups + the rest as one).
+
+    A command-like field (a few values sharing the cluster) scores high; a
+    field that is nearly constant, or all one-offs, scores near zero.
+    Rounded so that float noise cannot decide between spans.
+    """
+    parts = [*groups, total - sum(groups)]
+    return round(-sum(p / total * math.log(p / total) for p in parts if p > 0), 9)
+
+
+def _split_candidates(al: Alignment, lay: Layout) -> list[tuple[int, int]]:
+    """Mutating regions and the gap-free column runs inside them, as column spans."""
+    gapless = (al.rows != GAP).all(axis=0)
+    spans = []
+    for start, end, is_fixed in zip(lay.starts, lay.ends, lay.fixed, strict=True):
+        if is_fixed:
+            continue
+        spans.append((start, end))
+        for s, e, full in runs(gapless[start:end]):
+            if full and (s, e) != (0, end - start):
+                spans.append((start + s, start + e))
+    return spans
 
 
 def _widen(pattern: Pattern, slack: float) -> Pattern:
