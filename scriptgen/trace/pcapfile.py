@@ -92,7 +92,9 @@ class _Reader:
 
     def _read(self, n: int) -> bytes:
         try:
-            chunk = self.f.read(n)
+            # GzipFile.read(n) discards what it decoded when the stream is cut;
+            # read1 hands it over first, and the damage surfaces on the next call.
+            chunk = self.f.read1(n) if isinstance(self.f, gzip.GzipFile) else self.f.read(n)
         except (OSError, EOFError, zlib.error, ValueError) as e:
             self.stats.warn("read-error", f"{self.name}: at offset ~{self.offset}: {e}")
             chunk = b""
