@@ -153,7 +153,7 @@ def test_damaged_packets_warn_but_exit_0(tmp_path, capsys):
     assert main(["conversations", str(path)]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 1 and "msgs=4" in out
-    assert err.startswith(f"scriptgen: {path}: warning: 1 damaged")
+    assert err.startswith(f"scriptgen: {path}: warning: 1 problem(s)")
     assert len(err.splitlines()) <= 2 + 5
 
 

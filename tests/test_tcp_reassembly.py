@@ -423,6 +423,16 @@ def test_midstream_stream_starts_at_first_data_not_at_keepalive():
     assert dialog(c) == [(CLIENT, b"data"), (SERVER, b"more")]
 
 
+def test_midstream_keepalive_behind_a_seen_ack_is_not_data():
+    w = Wire()
+    w.ack(1)  # the server's first segment: a pure ACK at its next sequence number
+    w.segs.append(seg(w.ts(), 1, ACK, w.nxt[1] - 1, w.nxt[0], b"\x00"))  # keep-alive
+    w.send(0, b"request")
+    w.send(1, b"reply")
+    c = one(w.segs)
+    assert dialog(c) == [(CLIENT, b"request"), (SERVER, b"reply")]
+
+
 def test_synack_without_syn_is_not_midstream():
     w = Wire()
     w.nxt[0] += 1  # the client's SYN is missing from the capture

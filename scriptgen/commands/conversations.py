@@ -106,7 +106,10 @@ def _report_damage(path: str, stats: TraceStats) -> None:
     if not stats.damaged:
         return
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(stats.warnings.items()))
-    print(f"scriptgen: {path}: warning: {stats.damaged} damaged packets ({kinds})", file=sys.stderr)
+    print(
+        f"scriptgen: {path}: warning: {stats.damaged} problem(s) in the capture ({kinds})",
+        file=sys.stderr,
+    )
     for msg in stats.messages[:MAX_WARNING_LINES]:
         print(f"scriptgen: {path}:   {msg}", file=sys.stderr)
     more = stats.damaged - min(len(stats.messages), MAX_WARNING_LINES)

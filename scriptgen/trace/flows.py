@@ -287,8 +287,7 @@ class ConversationTracker:
         if isinstance(conn, TcpConnection) and conn.out_of_window:
             self.stats.warn(
                 "tcp_out_of_window",
-                f"{conn.out_of_window} segments implausibly far ahead ignored "
-                f"in {self.source or 'capture'}",
+                f"{conn.out_of_window} segments implausibly far ahead ignored",
             )
         (cip, cport), (sip, sport) = conn.client, conn.server
         self._out.append(

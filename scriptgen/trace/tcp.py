@@ -62,12 +62,15 @@ class TcpLimits:
         max_ooo_bytes: int = 1 << 20,
         max_ooo_segments: int = 1024,
         max_stream_bytes: int = 64 << 20,
-        max_window: int = 1 << 30,
+        max_window: int = HALF - 1,
     ) -> None:
         self.max_ooo_bytes = max_ooo_bytes  # buffered out-of-order bytes per direction
         self.max_ooo_segments = max_ooo_segments  # buffered out-of-order segments per direction
         self.max_stream_bytes = max_stream_bytes  # bytes kept per direction; the rest is a gap
-        self.max_window = max_window  # a segment further ahead than this is garbage
+        # A segment further ahead than this is ignored as garbage. The default
+        # accepts anything "ahead" in modular arithmetic, as tshark does:
+        # sparse captures of huge transfers really jump by up to 2**31.
+        self.max_window = max_window
 
 
 DEFAULT_LIMITS = TcpLimits()
@@ -93,6 +96,7 @@ class _Half:
         "dropped",
         "isn",
         "acked",
+        "hint",
     )
 
     def __init__(self) -> None:
@@ -107,6 +111,7 @@ class _Half:
         self.dropped = 0  # bytes past max_stream_bytes, reported as one final gap
         self.isn: int | None = None  # sequence number of this side's SYN
         self.acked: int | None = None  # latest ACK number the other side sent
+        self.hint: int | None = None  # mid-stream: seq of a data-less segment seen before any data
 
     def offset_of(self, seq: int) -> int:
         """Stream offset of ``seq``, nearest to the current position (mod 2**32)."""
@@ -206,6 +211,8 @@ class TcpConnection:
                 self._acked(d ^ 1, peer, ack, ts)
         if payload or truncated:
             self._data(d, seq, payload, truncated, ts)
+        elif self.halves[d].base is None:
+            self.halves[d].hint = seq
         if flags & FIN:
             self._fin(d, (seq + len(payload) + truncated) & M32)
         if flags & RST:
@@ -232,7 +239,10 @@ class TcpConnection:
 
     def _data(self, d: int, seq: int, payload: bytes, truncated: int, ts: float) -> None:
         h = self.halves[d]
-        if h.base is None:  # mid-stream: the stream starts here
+        if h.base is None:  # mid-stream: the stream starts here...
+            if h.hint is not None and (h.hint - seq) & M32 == 1 and len(payload) + truncated <= 1:
+                h.base = h.hint  # ...unless this is a keep-alive just behind a seen ACK
+                return
             h.base = seq
         rel = (seq - h.base - h.off) & M32
         if rel >= HALF:
