@@ -96,11 +96,18 @@ class ConversationTracker:
     # ------------------------------------------------------------------ feeding
 
     def run(self, segments: Iterable[Segment]) -> Iterator[Conversation]:
-        """All conversations of ``segments``, in completion order."""
-        feed = self.feed
-        for seg in segments:
-            done = feed(seg)
-            if done:
+        """All conversations of ``segments``, in completion order (the fast path)."""
+        feed_tcp = self._feed_tcp
+        feed_udp = self._feed_udp
+        for ts, proto, src, dst, sport, dport, flags, seq, ack, payload, truncated in segments:
+            if ts > self._now:
+                self._advance(ts)
+            if proto == TCP:
+                feed_tcp(ts, src, dst, sport, dport, flags, seq, ack, payload, truncated)
+            elif proto == UDP:
+                feed_udp(ts, src, dst, sport, dport, payload, truncated)
+            if self._out:
+                done, self._out = self._out, []
                 yield from done
         yield from self.finish()
 
@@ -108,19 +115,21 @@ class ConversationTracker:
         """Account one segment; return the conversations it finished."""
         ts, proto, src, dst, sport, dport, flags, seq, ack, payload, truncated = seg
         if ts > self._now:
-            self._now = ts
-            if self._next_sweep is None:
-                self._next_sweep = ts + self.sweep_interval
-            elif ts >= self._next_sweep:
-                self._sweep(ts)
+            self._advance(ts)
         if proto == TCP:
             self._feed_tcp(ts, src, dst, sport, dport, flags, seq, ack, payload, truncated)
         elif proto == UDP:
             self._feed_udp(ts, src, dst, sport, dport, payload, truncated)
-        if self._out:
-            out, self._out = self._out, []
-            return out
-        return []
+        done, self._out = self._out, []
+        return done
+
+    def _advance(self, ts: float) -> None:
+        """Capture time moved forward: run the periodic sweep when it is due."""
+        self._now = ts
+        if self._next_sweep is None:
+            self._next_sweep = ts + self.sweep_interval
+        elif ts >= self._next_sweep:
+            self._sweep(ts)
 
     def _feed_tcp(
         self,
