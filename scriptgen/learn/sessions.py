@@ -1,0 +1,445 @@
+"""Session dependencies: a state reached on one port opens another port, per source.
+
+ScriptGen's signals (RAID 2006, §4.2): an exploit checks that its shell port
+is closed, attacks port A, and then connects to the shell, which must now be
+open; an FTP server opens its passive data port after answering PASV. The
+learner finds such links in the traffic of each source address across all
+ports, including the connection attempts that were refused or never answered,
+and writes them into the state that causes them as a *signal*::
+
+    {"opens": "tcp/4444", "for": 12.0, "mode": "refused", "samples": 20, ...}
+
+Rule (why each part, see docs/session-dependencies.md):
+
+* Per source, time order. A *reach* is (time, port A, state S): the root of A's
+  machine at connect, then every state the conversation's requests walk to
+  (``Machine.walk``), at the time the request started.
+* The *trigger* of an accepted connection to port B is the latest reach of
+  another port by the same source at most ``window`` seconds before it.
+* B gets signals only if *every* accepted connection to B has a trigger (a
+  port that is sometimes open without a cause is treated as always open).
+* A state S becomes an emitter for B when it is the chosen trigger of at least
+  ``min_samples`` accepted B connections from ``min_sources`` sources, no
+  refused/unanswered B attempt by the same source falls within the learned
+  duration after a reach of S (that would prove S does not open B), and one of
+  two kinds of evidence holds:
+
+  - ``refused``: at least ``min_samples`` of those connections were preceded,
+    within ``window`` before the trigger, by a refused or unanswered attempt to
+    B from the same source (closed before, open after);
+  - ``announced``: no attempt to B was ever refused, S's answer names B's
+    port number as text (``40000``, or its two bytes as decimals,
+    ``156,64``), and every B connection it triggered started while the
+    conversation that reached S was still open. Passive data ports are not
+    probed before, so refusals cannot exist; the server telling the client
+    where to connect, in a conversation that is still going on, is the
+    evidence instead.
+
+* The signal lasts ``for`` = ``margin`` × the longest observed delay between
+  the trigger and the B connection, at least ``min_for``, at most ``window``.
+
+Nothing here knows any protocol; everything is counted from the captures.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from scriptgen.learn.dialog import to_dialog
+from scriptgen.model import Machine
+from scriptgen.trace.types import Conversation, Direction, Outcome
+
+Key = tuple[str, int]
+SIGNAL_KIND = "session"  # marks signals written by this module (others may exist)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Thresholds of the inference (written into each model's options by the trainer)."""
+
+    window: float = 60.0  # longest gap between a cause and its effect (seconds)
+    min_samples: int = 3  # accepted connections a state must explain
+    min_sources: int = 1  # distinct source addresses among them
+    margin: float = 2.0  # signal duration = margin × longest observed delay
+    min_for: float = 5.0  # shortest signal duration written
+    max_contacts: int = 200_000  # connections remembered per training run (bound)
+    max_request_bytes: int = 64 * 1024 * 1024  # request bytes remembered in total (bound)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One connection attempt as session inference needs it (no answers kept)."""
+
+    protocol: str
+    port: int
+    source: str
+    start: float
+    accepted: bool  # False: refused or unanswered
+    end: float = 0.0
+    requests: tuple[bytes, ...] = ()
+    times: tuple[float, ...] = ()  # when each request started (same length as requests)
+
+    @property
+    def key(self) -> Key:
+        return (self.protocol, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """Source reached ``state`` of the machine ``key`` at ``time``."""
+
+    time: float
+    key: Key
+    state: int
+    until: float  # when the conversation that reached it ended
+
+
+@dataclass
+class Finding:
+    """One learned signal and the evidence for it."""
+
+    key: Key  # machine of the emitting state
+    state: int
+    target: Key
+    duration: float
+    mode: str  # "refused" or "announced"
+    samples: int  # accepted target connections it explains
+    sources: int
+    refused: int  # of those, preceded by a refused/unanswered attempt
+    max_delay: float
+
+    def signal(self) -> dict[str, Any]:
+        return {
+            "kind": SIGNAL_KIND,
+            "opens": f"{self.target[0]}/{self.target[1]}",
+            "for": round(self.duration, 3),
+            "mode": self.mode,
+            "samples": self.samples,
+            "sources": self.sources,
+            "refused": self.refused,
+            "max_delay": round(self.max_delay, 6),
+        }
+
+
+@dataclass
+class Rejection:
+    """Why a target port got no signal (reported, and asserted on by tests)."""
+
+    target: Key
+    reason: str
+
+
+@dataclass
+class SessionReport:
+    findings: list[Finding] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    contacts: int = 0
+    dropped: int = 0
+
+
+# --- recording --------------------------------------------------------------
+
+
+def request_times(conv: Conversation, count: int) -> tuple[float, ...]:
+    """Start time of each dialog request, grouped as ``to_dialog`` groups them."""
+    times: list[float] = []
+    prev: Direction | None = None
+    for msg in conv.messages:
+        if msg.direction is Direction.CLIENT and (
+            conv.protocol == "udp" or prev is not Direction.CLIENT
+        ):
+            times.append(msg.timestamp)
+        prev = msg.direction
+    if len(times) < count:
+        times += [conv.end] * (count - len(times))
+    return tuple(times[:count])
+
+
+class SessionRecorder:
+    """Remembers, bounded, what inference needs of every conversation that streams by."""
+
+    def __init__(self, options: SessionOptions | None = None) -> None:
+        self.options = options or SessionOptions()
+        self.contacts: list[Contact] = []
+        self.dropped = 0
+        self._bytes = 0
+
+    def tee(self, conversations: Iterable[Conversation]) -> Iterator[Conversation]:
+        """Pass conversations through unchanged, observing each."""
+        for conv in conversations:
+            self.observe(conv)
+            yield conv
+
+    def observe(self, conv: Conversation) -> None:
+        if len(self.contacts) >= self.options.max_contacts:
+            self.dropped += 1
+            return
+        if conv.midstream:
+            return  # its first requests are unknown: it cannot be walked from the root
+        accepted = conv.outcome not in (Outcome.REFUSED, Outcome.UNANSWERED)
+        requests: tuple[bytes, ...] = ()
+        times: tuple[float, ...] = ()
+        if accepted:
+            got = to_dialog(conv)
+            if not isinstance(got, str):
+                requests = tuple(t.request for t in got.suffix.turns)
+                size = sum(len(r) for r in requests)
+                if self._bytes + size > self.options.max_request_bytes:
+                    self.dropped += 1
+                    return
+                self._bytes += size
+                times = request_times(conv, len(requests))
+        self.contacts.append(
+            Contact(
+                conv.protocol,
+                conv.server.port,
+                conv.client.ip,
+                conv.start,
+                accepted,
+                max(conv.end, conv.start),
+                requests,
+                times,
+            )
+        )
+
+
+# --- inference --------------------------------------------------------------
+
+
+def reaches_of(contact: Contact, machine: Machine | None) -> list[Reach]:
+    """The states an accepted contact reached, with times (root at connect)."""
+    if machine is None or not contact.accepted:
+        return []
+    found = [Reach(contact.start, contact.key, machine.root, contact.end)]
+    for i, (state, transition) in enumerate(machine.walk(contact.requests)):
+        if transition is None:
+            break
+        found.append(Reach(contact.times[i], contact.key, state.id, contact.end))
+    return found
+
+
+def announces(answer: bytes, port: int) -> bool:
+    """True when ``answer`` names ``port`` as decimal text or as two decimal bytes."""
+    for form in (str(port), f"{port >> 8},{port & 0xFF}"):
+        if re.search(rb"(?<![0-9])" + re.escape(form.encode()) + rb"(?![0-9])", answer):
+            return True
+    return False
+
+
+def _state_answers(machine: Machine, sid: int) -> list[bytes]:
+    state = machine.states[sid]
+    return [state.answer, *state.answers]
+
+
+@dataclass
+class _Evidence:
+    """Accepted target connections one candidate state triggered."""
+
+    delays: list[float] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
+    refused_before: int = 0
+    during: int = 0  # started while the triggering conversation was still open
+
+
+def _per_source(contacts: Iterable[Contact]) -> dict[str, list[Contact]]:
+    by_source: dict[str, list[Contact]] = defaultdict(list)
+    for c in contacts:
+        by_source[c.source].append(c)
+    for items in by_source.values():
+        items.sort(key=lambda c: (c.start, c.protocol, c.port, not c.accepted))
+    return by_source
+
+
+def infer(
+    contacts: Iterable[Contact],
+    machines: Mapping[Key, Machine],
+    options: SessionOptions | None = None,
+) -> SessionReport:
+    """Findings (signals to write) and rejections for every TCP port contacted."""
+    options = options or SessionOptions()
+    contacts = list(contacts)
+    report = SessionReport(contacts=len(contacts))
+    by_source = _per_source(contacts)
+    reaches: dict[str, list[Reach]] = {}
+    for source, items in by_source.items():
+        found = [r for c in items for r in reaches_of(c, machines.get(c.key))]
+        found.sort(key=lambda r: (r.time, r.key, r.state))
+        reaches[source] = found
+    targets = sorted({c.key for c in contacts if c.protocol == "tcp" and c.accepted})
+    for target in targets:
+        _infer_target(target, by_source, reaches, machines, options, report)
+    return report
+
+
+def _trigger(
+    reaches: list[Reach], times: list[float], target: Key, at: float, window: float
+) -> Reach | None:
+    """The latest reach on another port within ``window`` before ``at``."""
+    i = bisect.bisect_right(times, at)
+    while i > 0:
+        i -= 1
+        r = reaches[i]
+        if at - r.time > window:
+            return None
+        if r.key != target:
+            return r
+    return None
+
+
+def _infer_target(
+    target: Key,
+    by_source: dict[str, list[Contact]],
+    reaches: dict[str, list[Reach]],
+    machines: Mapping[Key, Machine],
+    options: SessionOptions,
+    report: SessionReport,
+) -> None:
+    refused_any = any(
+        not c.accepted for items in by_source.values() for c in items if c.key == target
+    )
+    evidence: dict[tuple[Key, int], _Evidence] = defaultdict(_Evidence)
+    for source, items in by_source.items():
+        rs = reaches[source]
+        times = [r.time for r in rs]
+        refusals = [c.start for c in items if c.key == target and not c.accepted]
+        for c in items:
+            if c.key != target or not c.accepted:
+                continue
+            trig = _trigger(rs, times, target, c.start, options.window)
+            if trig is None:
+                report.rejections.append(
+                    Rejection(target, f"accepted from {source} at {c.start:.6f} without a cause")
+                )
+                return
+            ev = evidence[(trig.key, trig.state)]
+            ev.delays.append(c.start - trig.time)
+            ev.sources.add(source)
+            if any(trig.time - options.window <= t <= trig.time for t in refusals):
+                ev.refused_before += 1
+            if c.start <= trig.until:
+                ev.during += 1
+    if not evidence:
+        return
+    findings = []
+    for (key, sid), ev in sorted(evidence.items()):
+        finding = _judge(target, key, sid, ev, by_source, reaches, machines, options, refused_any)
+        if isinstance(finding, str):
+            report.rejections.append(Rejection(target, f"{key[0]}/{key[1]} state {sid}: {finding}"))
+            return  # one unexplained trigger: the port is not reliably gated by states
+        findings.append(finding)
+    report.findings.extend(findings)
+
+
+def _judge(
+    target: Key,
+    key: Key,
+    sid: int,
+    ev: _Evidence,
+    by_source: dict[str, list[Contact]],
+    reaches: dict[str, list[Reach]],
+    machines: Mapping[Key, Machine],
+    options: SessionOptions,
+    refused_any: bool,
+) -> Finding | str:
+    """A finding for state ``sid`` of ``key`` opening ``target``, or why not."""
+    samples = len(ev.delays)
+    if samples < options.min_samples:
+        return f"only {samples} samples (< {options.min_samples})"
+    if len(ev.sources) < options.min_sources:
+        return f"only {len(ev.sources)} sources (< {options.min_sources})"
+    max_delay = max(ev.delays)
+    duration = min(max(options.margin * max_delay, options.min_for), options.window)
+    contradicted = _contradictions(target, key, sid, duration, by_source, reaches)
+    if contradicted:
+        return f"{contradicted} refused attempts within {duration:.3f}s after reaching it"
+    if ev.refused_before >= options.min_samples:
+        mode = "refused"
+    elif (
+        not refused_any
+        and ev.during == samples
+        and any(announces(a, target[1]) for a in _state_answers(machines[key], sid))
+    ):
+        mode = "announced"
+    else:
+        return (
+            f"{ev.refused_before} refused-before samples (< {options.min_samples}), "
+            "and no announcement (answer naming the port, connection made while it is open)"
+        )
+    return Finding(
+        key, sid, target, duration, mode, samples, len(ev.sources), ev.refused_before, max_delay
+    )
+
+
+def _contradictions(
+    target: Key,
+    key: Key,
+    sid: int,
+    duration: float,
+    by_source: dict[str, list[Contact]],
+    reaches: dict[str, list[Reach]],
+) -> int:
+    """Refused attempts to ``target`` that came soon after the same source reached the state."""
+    count = 0
+    for source, items in by_source.items():
+        hits = [r.time for r in reaches[source] if r.key == key and r.state == sid]
+        if not hits:
+            continue
+        for c in items:
+            if c.key == target and not c.accepted:
+                i = bisect.bisect_right(hits, c.start)
+                if i and c.start - hits[i - 1] <= duration:
+                    count += 1
+    return count
+
+
+# --- writing into the model -------------------------------------------------
+
+
+def apply(findings: Iterable[Finding], machines: Mapping[Key, Machine]) -> int:
+    """Write findings as signals, merging with signals already learned; returns how many changed."""
+    changed = 0
+    for f in findings:
+        machine = machines.get(f.key)
+        if machine is None or f.state not in machine.states:
+            continue
+        state = machine.states[f.state]
+        new = f.signal()
+        old = next(
+            (
+                s
+                for s in state.signals
+                if s.get("kind") == SIGNAL_KIND and s.get("opens") == new["opens"]
+            ),
+            None,
+        )
+        if old is not None:
+            new["for"] = max(float(old.get("for", 0)), new["for"])
+            new["samples"] += int(old.get("samples", 0))
+            new["refused"] += int(old.get("refused", 0))
+            new["max_delay"] = max(float(old.get("max_delay", 0)), new["max_delay"])
+            if old.get("mode") == "refused":
+                new["mode"] = "refused"
+            state.signals.remove(old)
+        state.signals.append(new)
+        state.signals.sort(key=lambda s: (str(s.get("opens")), str(s.get("kind"))))
+        changed += 1
+    return changed
+
+
+def parse_target(text: Any) -> Key | None:
+    """``"tcp/4444"`` → ("tcp", 4444); None for anything malformed (models are hostile input)."""
+    if not isinstance(text, str):
+        return None
+    proto, sep, port = text.partition("/")
+    if not sep or proto not in ("tcp", "udp") or not port.isdigit():
+        return None
+    number = int(port)
+    return (proto, number) if 0 < number <= 65535 else None
