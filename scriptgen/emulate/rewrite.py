@@ -1,0 +1,198 @@
+"""Applying content dependencies: the answer template patched from the live connection.
+
+The learner (``scriptgen.learn.content``, format documented there) says
+which template bytes copy which bytes of the current or an earlier request
+(or of an earlier answer), which integers are length fields, and which bytes
+are server-chosen (random, clock). Here those entries are applied to one
+answer, from a bounded history of the connection's requests, their regex
+matches and the answers sent. No Twisted, no alignment: plain bytes work.
+
+Everything the history holds came from the attacker: an entry that does not
+fit (request index beyond the history, a region the match lacks, a source
+too short, a length value out of range) is skipped, never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+MAX_HISTORY = 16  # requests/answers remembered per connection (the learner looks ≤ 8 back)
+_NT_EPOCH = 11644473600
+
+
+class History:
+    """The requests (with their matches) and the answers sent on one connection."""
+
+    def __init__(self, size: int = MAX_HISTORY) -> None:
+        self.requests: deque[tuple[bytes, Any]] = deque(maxlen=size)
+        self.answers: deque[bytes] = deque(maxlen=size)
+
+    def request(self, data: bytes, match: Any) -> None:
+        self.requests.append((data, match))
+
+    def answer(self, data: bytes) -> None:
+        self.answers.append(data)
+
+    def region(self, back: int, region: int) -> bytes | None:
+        """The live bytes of a region of the request ``back`` turns ago (0: current)."""
+        if back < 0 or back >= len(self.requests):
+            return None
+        data, match = self.requests[-1 - back]
+        if match is None:
+            return None
+        try:
+            start, end = match.start(region + 1), match.end(region + 1)
+        except (IndexError, ValueError):  # regex raises IndexError for a missing group
+            return None
+        if start < 0 or end < start:
+            return None
+        return data[start:end]
+
+
+class Rewriter:
+    """Applies dependency entries; randomness and the clock are injected for tests."""
+
+    def __init__(
+        self,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rng = rng or random.Random(os.urandom(16))
+        self.clock = clock
+
+    def apply(self, template: bytes, deps: Sequence[dict[str, Any]], history: History) -> bytes:
+        """The answer to send: ``template`` with ``deps`` applied (template unchanged if none fit)."""
+        if not deps:
+            return template
+        buf = bytearray(template)
+        varcopies: list[tuple[int, int, bytes]] = []
+        lengths: list[dict[str, Any]] = []
+        for dep in deps:
+            try:
+                kind = dep.get("kind")
+                if kind == "copy-region":
+                    value = history.region(-int(dep["request"]), int(dep["region"]))
+                    at, n = int(dep["at"]), int(dep["len"])
+                    if value is not None and 0 <= at and at + n <= len(template):
+                        varcopies.append((at, n, value))
+                elif kind == "length":
+                    lengths.append(dep)
+                else:
+                    self._fixed(buf, dep, history)
+            except (KeyError, TypeError, ValueError):
+                continue  # a damaged entry: skip it, keep the rest
+        out = _splice(buf, varcopies)
+        for dep in lengths:
+            try:
+                self._length(out, dep, varcopies)
+            except (KeyError, TypeError, ValueError, OverflowError):
+                continue
+        return bytes(out)
+
+    def _fixed(self, buf: bytearray, dep: dict[str, Any], history: History) -> None:
+        """Same-length patches: copy, answer, random, clock."""
+        kind = dep.get("kind")
+        at = int(dep["at"])
+        if kind == "clock":
+            width = int(dep["width"])
+            value = _clock_value(self.clock(), str(dep["unit"]))
+            _put(
+                buf, at, value.to_bytes(width, dep["endian"]) if value < 1 << (8 * width) else None
+            )
+            return
+        n = int(dep["len"])
+        if kind == "random":
+            _put(buf, at, self.rng.randbytes(n) if n > 0 else None)
+        elif kind == "copy":
+            _put(buf, at, _copied(dep, history, n))
+        elif kind == "answer":
+            back = -int(dep["answer"])
+            if 1 <= back <= len(history.answers):
+                sent = history.answers[-back]
+                off = int(dep["offset"])
+                if 0 <= off and off + n <= len(sent):
+                    _put(buf, at, sent[off : off + n])
+
+    def _length(
+        self, out: bytearray, dep: dict[str, Any], varcopies: list[tuple[int, int, bytes]]
+    ) -> None:
+        at = int(dep["at"])
+        pos = at + sum(len(v) - n for where, n, v in varcopies if where < at)
+        width = int(dep["width"])
+        value = len(out) - int(dep["base"])
+        if 0 <= value < 1 << (8 * width) and 0 <= pos and pos + width <= len(out):
+            out[pos : pos + width] = value.to_bytes(width, dep["endian"])
+
+
+def _copied(dep: dict[str, Any], history: History, n: int) -> bytes | None:
+    value = history.region(-int(dep["request"]), int(dep["region"]))
+    if value is None:
+        return None
+    off = int(dep["offset"])
+    start = off if dep.get("anchor", "start") == "start" else len(value) + off
+    if start < 0 or start + n > len(value):
+        return None
+    chunk = value[start : start + n]
+    return chunk[::-1] if dep.get("order") == "swap" else chunk
+
+
+def _put(buf: bytearray, at: int, value: bytes | None) -> None:
+    if value is not None and value and 0 <= at and at + len(value) <= len(buf):
+        buf[at : at + len(value)] = value
+
+
+def _splice(buf: bytearray, varcopies: list[tuple[int, int, bytes]]) -> bytearray:
+    """Replace each (template offset, template length) span by its live value."""
+    if not varcopies:
+        return buf
+    out = bytearray()
+    pos = 0
+    for at, n, value in sorted(varcopies):
+        if at < pos:
+            continue  # overlapping entries: keep the first
+        out += buf[pos:at]
+        out += value
+        pos = at + n
+    out += buf[pos:]
+    return out
+
+
+def _clock_value(now: float, unit: str) -> int:
+    if unit == "nt":
+        return int((now + _NT_EPOCH) * 10_000_000)
+    if unit == "ms":
+        return int(now * 1000)
+    return int(now)
+
+
+def describe(dep: dict[str, Any]) -> str:
+    """One line for ``scriptgen show``: answer bytes a..b ← source, transform."""
+    kind = dep.get("kind", "?")
+    at = dep.get("at", 0)
+    n = dep.get("len", dep.get("width", 0))
+    span = f"answer[{at}..{at + n - 1}]" if isinstance(at, int) and isinstance(n, int) else "?"
+    if kind == "copy":
+        anchor = "" if dep.get("anchor", "start") == "start" else " from end"
+        extra = " (borrowed)" if dep.get("borrowed") else ""
+        return (
+            f"{span} <- request {dep.get('request')} region {dep.get('region')} "
+            f"offset {dep.get('offset')}{anchor}, {dep.get('order', 'same')}{extra}"
+        )
+    if kind == "copy-region":
+        return f"{span} <- request {dep.get('request')} region {dep.get('region')}, whole (length varies)"
+    if kind == "answer":
+        return f"{span} <- answer {dep.get('answer')} offset {dep.get('offset')}, same"
+    if kind == "length":
+        return (
+            f"{span} = length(answer) - {dep.get('base')}, {dep.get('width')} B {dep.get('endian')}"
+        )
+    if kind == "clock":
+        return f"{span} = clock ({dep.get('unit')}, {dep.get('endian')})"
+    if kind == "random":
+        return f"{span} = random per answer"
+    return f"{span} {kind}"
