@@ -23,6 +23,11 @@ CATALOGUE: dict[str, str] = {
     "scriptgen.request.matched": "A client request matched a transition: from state, transition index, target state, request hex.",
     "scriptgen.request.unmatched": "No transition matched a request (reason, state, request hex, bounded); it is kept for the proxy.",
     "scriptgen.answer.sent": "The emulator sent a state's answer (hex) and what it does next (open, close, reset).",
+    "scriptgen.gate.ready": "Ports that wait for a signal are gated: mechanism (nftables or fallback), why, which ports.",
+    "scriptgen.gate.opened": "A state's signal opened a gated port for this source: port, emitting state, seconds, refreshed.",
+    "scriptgen.gate.expired": "A signal ran out: the gated port is closed again for this source.",
+    "scriptgen.gate.refused": "A connection to a gated port from a source not signalled was accepted and reset at once (fallback).",
+    "scriptgen.gate.error": "Gating went wrong: nft failed or was slow, or the gate table is full; what happened.",
     "scriptgen.limit.hit": "A configured bound was reached (which limit, its value); rate-limited, with a suppressed count.",
     "scriptgen.log.dropped": "Events were dropped (queue full or log unwritable); how many, written once logging works again.",
 }
