@@ -294,8 +294,10 @@ def _run(
 ) -> tuple[int, int, int]:
     """Grow the link answer[p] == src[q] both ways with step d; returns (start, end, q at start)."""
     n_ans, n_src = answers.shape[1], src.shape[1]
+    if d == -1:  # a swapped field is at most 8 bytes: look no further
+        n_ans = min(n_ans, p + 8)
     lo, qlo = p, q
-    while lo - 1 >= 0 and free[lo - 1] and 0 <= qlo - d < n_src:
+    while lo - 1 >= 0 and free[lo - 1] and 0 <= qlo - d < n_src and (d == 1 or p - lo < 7):
         if not np.array_equal(answers[:, lo - 1], src[:, qlo - d]):
             break
         lo, qlo = lo - 1, qlo - d
@@ -312,9 +314,11 @@ def _distinct(answers: np.ndarray, lo: int, hi: int) -> int:
 
 
 def _links(
-    answers: np.ndarray, sources: _Sources, free: np.ndarray, opts: ContentOptions
+    answers: np.ndarray, sources: _Sources, free: np.ndarray, opts: ContentOptions, kind: str
 ) -> list[dict[str, Any]]:
-    """Fixed-width copy/swap/answer links for the varying answer columns."""
+    """Fixed-width links of the varying answer columns to request regions (``kind`` "req":
+    copy or byte-swapped copy) or to earlier answers ("ans": copy of varying bytes only,
+    so a run does not swallow the constant bytes both answers share)."""
     n = answers.shape[0]
     if n < opts.min_samples:
         return []
@@ -326,9 +330,12 @@ def _links(
             continue
         best: tuple[tuple, dict[str, Any], int, int] | None = None
         for key, q in sources.index.get(answers[:, p].tobytes(), ()):
+            if key[0] != kind:
+                continue
             src = sources.arrays[key]
-            for d in (1, -1) if key[0] == "req" else (1,):
-                lo, hi, qlo = _run(answers, src, p, q, d, free)
+            grow = free if kind == "req" else free & varying
+            for d in (1, -1) if kind == "req" else (1,):
+                lo, hi, qlo = _run(answers, src, p, q, d, grow)
                 if d == -1:
                     width = max((w for w in (8, 4, 2) if w <= hi - lo), default=0)
                     if width == 0:
@@ -342,7 +349,7 @@ def _links(
                     sources, key, answers, lo, hi, d, opts
                 ):
                     continue
-                rank = (hi - lo, d, -key[1], key[0] == "req", -(key[2] if key[0] == "req" else 0))
+                rank = (hi - lo, d, -key[1], -(key[2] if kind == "req" else 0))
                 if best is None or rank > best[0]:
                     best = (rank, _link_entry(key, lo, hi, qlo, d, src.shape[1]), lo, hi)
         if best is not None:
@@ -487,24 +494,23 @@ def _clock_field(answers: np.ndarray, lo: int, hi: int) -> dict[str, Any] | None
     if _distinct(answers, lo, hi) < answers.shape[0]:
         return None
     for width in (8, 4):
-        for at in range(max(0, hi - width), min(lo, n_len - width) + 1):
-            for endian in ("little", "big"):
-                low = at if endian == "little" else at + width - 1
-                if not lo <= low < hi:
-                    continue
-                values = [int.from_bytes(row[at : at + width].tobytes(), endian) for row in answers]
-                for unit in ("nt", "ms", "s") if width == 8 else ("s",):
-                    times = [_as_unix(v, unit) for v in values]
-                    if all(_YEAR_2000 <= t <= _YEAR_2100 for t in times) and (
-                        max(times) - min(times) <= _YEAR
-                    ):
-                        return {
-                            "kind": "clock",
-                            "at": at,
-                            "width": width,
-                            "endian": endian,
-                            "unit": unit,
-                        }
+        for endian in ("little", "big"):
+            at = lo if endian == "little" else hi - width  # the varying bytes are its low end
+            if at < 0 or at > lo or at + width < hi or at + width > n_len:
+                continue
+            values = [int.from_bytes(row[at : at + width].tobytes(), endian) for row in answers]
+            for unit in ("nt", "ms", "s") if width == 8 else ("s",):
+                times = [_as_unix(v, unit) for v in values]
+                if all(_YEAR_2000 <= t <= _YEAR_2100 for t in times) and (
+                    max(times) - min(times) <= _YEAR
+                ):
+                    return {
+                        "kind": "clock",
+                        "at": at,
+                        "width": width,
+                        "endian": endian,
+                        "unit": unit,
+                    }
     return None
 
 
@@ -525,8 +531,13 @@ def _echoed_in_fixed(samples: list[Sample], answers: np.ndarray, lo: int, hi: in
 
 
 def _server_values(
-    answers: np.ndarray, samples: list[Sample], free: np.ndarray, opts: ContentOptions
+    answers: np.ndarray,
+    samples: list[Sample],
+    free: np.ndarray,
+    opts: ContentOptions,
+    clocks_only: bool = False,
 ) -> list[dict[str, Any]]:
+    """Clock fields, then (unless ``clocks_only``) random runs, among the unexplained bytes."""
     n = answers.shape[0]
     if n < opts.min_samples:
         return []
@@ -549,7 +560,8 @@ def _server_values(
             p = max(p, clock["at"] + clock["width"])
             continue
         if (
-            hi - lo >= opts.min_width
+            not clocks_only
+            and hi - lo >= opts.min_width
             and _distinct(answers, lo, hi) == n
             and not _echoed_in_fixed(samples, answers, lo, hi)
         ):
@@ -573,9 +585,13 @@ def infer_state(state: State, samples: list[Sample], opts: ContentOptions) -> li
     deps = list(shape.varcopies)
     if shape.samples:
         answers = _matrix(shape.normal)
-        deps += _links(answers, _Sources(shape.samples, opts), free, opts)
+        sources = _Sources(shape.samples, opts)
+        deps += _links(answers, sources, free, opts, "req")
         if shape.varcopies:
             deps += _length_fields(template, shape.samples, shape.shifts, free, opts)
+        if opts.server_values:
+            deps += _server_values(answers, shape.samples, free, opts, clocks_only=True)
+        deps += _links(answers, sources, free, opts, "ans")
         if opts.server_values:
             deps += _server_values(answers, shape.samples, free, opts)
     return sorted(deps, key=lambda d: (d["at"], d["kind"]))
