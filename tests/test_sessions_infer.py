@@ -235,3 +235,35 @@ def test_recorder_is_bounded() -> None:
     for i in range(10):
         rec.observe(conv(4444, "10.0.0.1", float(i), [], Outcome.REFUSED))
     assert len(rec.contacts) == 3 and rec.dropped == 7
+
+
+def sibling_contacts(runs: int, refused_for: set[int]) -> list[Contact]:
+    contacts = []
+    for i in range(runs):
+        reqs = EXPLOIT[:2] + [b"EXPLOIT%d\r\n" % (1 + i % 2)]
+        if i in refused_for:
+            contacts += [attempt(B, f"10.0.0.{i}", 100.0 * i, ok=False)]
+        contacts += [attempt(A, f"10.0.0.{i}", 100.0 * i + 0.1, reqs=reqs, end=100.0 * i + 0.2)]
+        contacts += [attempt(B, f"10.0.0.{i}", 100.0 * i + 0.4)]
+    return contacts
+
+
+def sibling_machines() -> dict:
+    m = chain(A, EXPLOIT[:2], [b"hi", b"ok"])
+    for word in (b"EXPLOIT1\r\n", b"EXPLOIT2\r\n"):
+        sibling = m.new_state()
+        m.states[2].transitions.append(Transition(Pattern.literal(word), sibling.id, 1))
+    return {A: m, B: Machine(*B)}
+
+
+def test_sibling_states_share_the_port_thresholds() -> None:
+    """A learned machine may split the last step in two; both siblings emit the signal."""
+    report = infer(sibling_contacts(4, {0, 1, 2, 3}), sibling_machines())
+    assert sorted((f.state, f.samples) for f in report.findings) == [(3, 2), (4, 2)]
+
+
+def test_every_sibling_needs_evidence_of_its_own() -> None:
+    # Runs through EXPLOIT2 (odd runs) never saw the port closed before: no signal at all.
+    report = infer(sibling_contacts(6, {0, 2, 4}), sibling_machines())
+    assert report.findings == []
+    assert "state 4: 0 refused-before samples (3 in all" in report.rejections[0].reason

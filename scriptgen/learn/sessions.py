@@ -18,15 +18,18 @@ Rule (why each part, see docs/session-dependencies.md):
   another port by the same source at most ``window`` seconds before it.
 * B gets signals only if *every* accepted connection to B has a trigger (a
   port that is sometimes open without a cause is treated as always open).
-* A state S becomes an emitter for B when it is the chosen trigger of at least
-  ``min_samples`` accepted B connections from ``min_sources`` sources, no
-  refused/unanswered B attempt by the same source falls within the learned
+* The triggers together must explain at least ``min_samples`` accepted B
+  connections from ``min_sources`` sources (counted per port: a learned
+  machine may split one step into sibling states seen a few times each).
+* Every triggering state S must pass on its own, or B gets no signal at all:
+  no refused/unanswered B attempt by the same source falls within the learned
   duration after a reach of S (that would prove S does not open B), and one of
   two kinds of evidence holds:
 
-  - ``refused``: at least ``min_samples`` of those connections were preceded,
-    within ``window`` before the trigger, by a refused or unanswered attempt to
-    B from the same source (closed before, open after);
+  - ``refused``: B connections it triggered were preceded, within ``window``
+    before the trigger, by a refused or unanswered attempt to B from the same
+    source (closed before, open after) -- at least one for S, at least
+    ``min_samples`` for the port;
   - ``announced``: no attempt to B was ever refused, S's answer names B's
     port number as text (``40000``, or its two bytes as decimals,
     ``156,64``), and every B connection it triggered started while the
@@ -328,54 +331,74 @@ def _infer_target(
                 ev.during += 1
     if not evidence:
         return
-    findings = []
-    for (key, sid), ev in sorted(evidence.items()):
-        finding = _judge(target, key, sid, ev, by_source, reaches, machines, options, refused_any)
-        if isinstance(finding, str):
-            report.rejections.append(Rejection(target, f"{key[0]}/{key[1]} state {sid}: {finding}"))
-            return  # one unexplained trigger: the port is not reliably gated by states
-        findings.append(finding)
-    report.findings.extend(findings)
+    judged = _judge_all(target, evidence, by_source, reaches, machines, options, refused_any)
+    if isinstance(judged, Rejection):
+        report.rejections.append(judged)
+    else:
+        report.findings.extend(judged)
 
 
-def _judge(
+def _judge_all(
     target: Key,
-    key: Key,
-    sid: int,
-    ev: _Evidence,
+    evidence: dict[tuple[Key, int], _Evidence],
     by_source: dict[str, list[Contact]],
     reaches: dict[str, list[Reach]],
     machines: Mapping[Key, Machine],
     options: SessionOptions,
     refused_any: bool,
-) -> Finding | str:
-    """A finding for state ``sid`` of ``key`` opening ``target``, or why not."""
-    samples = len(ev.delays)
+) -> list[Finding] | Rejection:
+    """Findings for every triggering state of ``target``, or why the port gets none.
+
+    Thresholds hold for the port as a whole (a learned machine may split one
+    step into sibling states, each seen a few times); every triggering state
+    must carry evidence of its own and no contradiction.
+    """
+    samples = sum(len(ev.delays) for ev in evidence.values())
+    sources = set().union(*(ev.sources for ev in evidence.values()))
+    refused = sum(ev.refused_before for ev in evidence.values())
     if samples < options.min_samples:
-        return f"only {samples} samples (< {options.min_samples})"
-    if len(ev.sources) < options.min_sources:
-        return f"only {len(ev.sources)} sources (< {options.min_sources})"
-    max_delay = max(ev.delays)
+        return Rejection(target, f"only {samples} samples (< {options.min_samples})")
+    if len(sources) < options.min_sources:
+        return Rejection(target, f"only {len(sources)} sources (< {options.min_sources})")
+    max_delay = max(d for ev in evidence.values() for d in ev.delays)
     duration = min(max(options.margin * max_delay, options.min_for), options.window)
-    contradicted = _contradictions(target, key, sid, duration, by_source, reaches)
-    if contradicted:
-        return f"{contradicted} refused attempts within {duration:.3f}s after reaching it"
-    if ev.refused_before >= options.min_samples:
-        mode = "refused"
-    elif (
-        not refused_any
-        and ev.during == samples
-        and any(announces(a, target[1]) for a in _state_answers(machines[key], sid))
-    ):
-        mode = "announced"
-    else:
-        return (
-            f"{ev.refused_before} refused-before samples (< {options.min_samples}), "
-            "and no announcement (answer naming the port, connection made while it is open)"
+    findings = []
+    for (key, sid), ev in sorted(evidence.items()):
+        where = f"{key[0]}/{key[1]} state {sid}"
+        contradicted = _contradictions(target, key, sid, duration, by_source, reaches)
+        if contradicted:
+            return Rejection(
+                target, f"{where}: {contradicted} refused attempts within {duration:.3f}s after it"
+            )
+        if refused >= options.min_samples and ev.refused_before > 0:
+            mode = "refused"
+        elif (
+            not refused_any
+            and ev.during == len(ev.delays)
+            and any(announces(a, target[1]) for a in _state_answers(machines[key], sid))
+        ):
+            mode = "announced"
+        else:
+            return Rejection(
+                target,
+                f"{where}: {ev.refused_before} refused-before samples ({refused} in all, "
+                f"need {options.min_samples}), and no announcement (answer naming the port, "
+                "connection made while it is open)",
+            )
+        findings.append(
+            Finding(
+                key,
+                sid,
+                target,
+                duration,
+                mode,
+                len(ev.delays),
+                len(ev.sources),
+                ev.refused_before,
+                max(ev.delays),
+            )
         )
-    return Finding(
-        key, sid, target, duration, mode, samples, len(ev.sources), ev.refused_before, max_delay
-    )
+    return findings
 
 
 def _contradictions(

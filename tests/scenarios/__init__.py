@@ -1,0 +1,1 @@
+"""Real-software scenarios for session dependencies (test fixtures, not scriptgen code)."""
