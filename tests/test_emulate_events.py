@@ -176,13 +176,18 @@ def test_full_queue_drops_without_blocking(tmp_path: Path) -> None:
     assert len(lines) == 1 + 5  # the dropped note plus the five queued events
 
 
-def test_unserialisable_field_does_not_kill_writer(tmp_path: Path) -> None:
-    log = EventLog(tmp_path / "e.json")
+def test_unserialisable_field_is_dropped_not_raised(tmp_path: Path) -> None:
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    warnings: list[str] = []
+    log = EventLog(tmp_path / "e.json", warn=warnings.append)
     log.start()
-    log.emit("scriptgen.service.started", weird=object())
+    log.emit("scriptgen.service.started", weird=Hostile())
     log.emit("scriptgen.service.stopped")
     assert log.flush()
     log.close()
-    assert [e["eventid"] for e in read_lines(tmp_path / "e.json")][
-        -1
-    ] == "scriptgen.service.stopped"
+    lines = read_lines(tmp_path / "e.json")
+    assert [e["eventid"] for e in lines] == ["scriptgen.log.dropped", "scriptgen.service.stopped"]
+    assert lines[0]["count"] == 1 and len(warnings) == 1

@@ -37,7 +37,7 @@ def test_index_agrees_with_best_transition(pats: list[Pattern], requests: list[b
         if expected is None:
             assert got is None
         else:
-            assert got is not None and got[0].transition is expected[0]
+            assert got is not None and got.transition is expected[0]
         assert index.could_extend(req) == any(p.could_extend(req) for p in pats)
 
 
@@ -51,7 +51,7 @@ def test_many_anchored_transitions_meet_few_candidates() -> None:
         )
     index = StateIndex.build(state)
     assert len(index.candidates(b"CMD0512 xyz\r\n")) <= 10
-    assert index.best(b"CMD0512 xyz\r\n")[0].order == 512
+    assert index.best(b"CMD0512 xyz\r\n").order == 512
 
 
 def test_constant_offset_anchor_after_fixed_length_mutating_region() -> None:
@@ -65,7 +65,7 @@ def test_constant_offset_anchor_after_fixed_length_mutating_region() -> None:
     assert not index.floating
     data = b"\x12\x34" + bytes([1, 77, 0xEE])
     assert len(index.candidates(data)) == 1
-    assert index.best(data)[0].order == 77
+    assert index.best(data).order == 77
 
 
 def test_unanchored_patterns_still_match() -> None:

@@ -42,6 +42,7 @@ def test_request_over_several_segments() -> None:
     matched = h.events.of("scriptgen.request.matched")
     assert [m["request"] for m in matched] == [b"USER bob\r\n"]
     assert matched[0]["state"] == 0 and matched[0]["target"] == 2
+    assert matched[0]["answer"] == b"331 password?\r\n" and matched[0]["end"] == "open"
 
 
 def test_two_requests_in_one_segment_are_split() -> None:
@@ -314,5 +315,18 @@ def test_end_state_close_without_answer_has_event() -> None:
     proto, t = h.connect()
     proto.dataReceived(b"QUIT\r\n")
     assert t.disconnecting
-    sent = h.events.of("scriptgen.answer.sent")[-1]
-    assert sent["end"] == End.CLOSE.value and sent["answer"] == b""
+    matched = h.events.of("scriptgen.request.matched")[-1]
+    assert matched["end"] == End.CLOSE.value and matched["answer"] == b""
+
+
+def test_root_that_closes_greets_and_closes() -> None:
+    m = line_machine()
+    m.states[0].answer = b"421 busy\r\n"
+    m.states[0].end = End.CLOSE
+    h = Harness(m)
+    proto, t = h.connect()
+    assert t.value() == b"421 busy\r\n" and t.disconnecting
+    sent = h.events.of("scriptgen.answer.sent")[0]
+    assert sent["end"] == "close" and sent["answer"] == b"421 busy\r\n"
+    proto.dataReceived(b"PING\r\n")
+    assert t.value() == b"421 busy\r\n"

@@ -45,7 +45,8 @@ def test_state_is_kept_per_source() -> None:
     assert proto.sessions.get(A).dialog.state.id == 2
     assert proto.sessions.get(B).dialog.state.id == 1
     assert len(rt.events.of("scriptgen.session.connect")) == 2
-    assert "scriptgen.answer.sent" in rt.events.ids()
+    matched = rt.events.of("scriptgen.request.matched")
+    assert [m["answer"] for m in matched] == [b"331 password?\r\n", b"+PONG\r\n"]
 
 
 def test_no_root_banner_for_udp() -> None:

@@ -52,7 +52,10 @@ class Matched:
     rule: Rule
     request: bytes
     target: StateIndex  # the state entered (its answer is to be sent)
-    match: Any = None  # the regex match (live values of mutating regions)
+
+    def match(self) -> Any:
+        """The regex match of the request (live values of mutating regions)."""
+        return self.rule.match(self.request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,59 +125,71 @@ class Dialog:
         return steps
 
     def _decide(self, final: bool) -> Step | None:
-        buf, state = self.buffer, self.state
-        whole = state.best(buf)
-        split = self._plausible_split(buf, state)
-        if split is not None and (whole is None or split[2] > whole[0].specificity):
-            return self._take(split[1], (split[0].rule, split[0].match))
-        extend = state.could_extend(buf)
+        key = (self.buffer, final)
+        decision = self.state.cached(key)
+        if decision is None:
+            decision = self._judge(self.buffer, self.state, final)
+            self.state.remember(key, decision)
+        kind = decision[0]
+        if kind == "take":
+            return self._take(decision[1], decision[2])
+        if kind == "unmatched":
+            return self._unmatched("no_match")
+        self.waiting = decision[1]
+        return None
+
+    def _judge(self, buf: bytes, state: StateIndex, final: bool) -> tuple[Any, ...]:
+        """Where the first request in ``buf`` ends; pure, so it can be cached."""
+        cands = state.candidates(buf)
+        whole = state.best(buf, cands)
+        split = self._plausible_split(buf, state, cands)
+        if split is not None and (whole is None or split[2] > whole.specificity):
+            return ("take", split[1], split[0])
+        extend = state.could_extend(buf, cands)
         if whole is not None:
-            if final or not (extend or whole[0].tail_slack(whole[1])):
-                return self._take(len(buf), whole)
-            self.waiting = Waiting.SETTLE
-            return None
+            if final or not (extend or whole.tail_slack(buf)):
+                return ("take", len(buf), whole)
+            return ("wait", Waiting.SETTLE)
         if extend and not final:
-            self.waiting = Waiting.MORE
-            return None
-        for _rule, n in state.prefix_matches(buf):
+            return ("wait", Waiting.MORE)
+        for _rule, n in state.prefix_matches(buf, cands):
             hit = state.best(buf[:n])
             if hit is not None:
-                return self._take(n, hit)
+                return ("take", n, hit)
         if extend:  # final, still incomplete: the caller decides (timeout)
-            self.waiting = Waiting.MORE
-            return None
-        return self._unmatched("no_match")
+            return ("wait", Waiting.MORE)
+        return ("unmatched",)
 
-    def _plausible_split(self, buf: bytes, state: StateIndex) -> tuple[Matched, int, int] | None:
+    def _plausible_split(
+        self, buf: bytes, state: StateIndex, cands: list[Rule]
+    ) -> tuple[Rule, int, int] | None:
         """The best way to read ``buf`` as one whole request plus the start of another.
 
         Scored by the fixed bytes both parts match (the rest scores its best
         full or prefix match in the next state, 0 if it is only incomplete),
         so a split wins over one match of the whole buffer only when it
-        explains more of it: ``USER a\r\nPING\r\n`` is two requests even
-        though ``USER <1..20>\r\n`` alone also fits.
+        explains more of it: ``USER a\\r\\nPING\\r\\n`` is two requests even
+        though ``USER <1..20>\\r\\n`` alone also fits.
         """
-        best: tuple[Matched, int, int] | None = None
-        for _rule, n in state.prefix_matches(buf):
+        best: tuple[Rule, int, int] | None = None
+        for _rule, n in state.prefix_matches(buf, cands):
             hit = state.best(buf[:n])
             if hit is None:
                 continue
-            target = self.machine.states[hit[0].target]
-            rest_score = _plausibility(target, buf[n:])
+            rest_score = _plausibility(self.machine.states[hit.target], buf[n:])
             if rest_score is None:
                 continue
-            total = hit[0].specificity + rest_score
+            total = hit.specificity + rest_score
             if best is None or total > best[2]:
-                best = (Matched(state, hit[0], buf[:n], target, hit[1]), n, total)
+                best = (hit, n, total)
         return best
 
-    def _take(self, n: int, hit: tuple[Rule, Any]) -> Matched:
-        rule, match = hit
+    def _take(self, n: int, rule: Rule) -> Matched:
         request, self.buffer = self.buffer[:n], self.buffer[n:]
         source = self.state
         self.state = self.machine.states[rule.target]
         self.requests += 1
-        return Matched(source, rule, request, self.state, match)
+        return Matched(source, rule, request, self.state)
 
     def _unmatched(self, reason: str) -> Unmatched:
         request, self.buffer = self.buffer, b""
@@ -184,23 +199,24 @@ class Dialog:
     # --- UDP: one datagram is one request ---
 
     def datagram(self, data: bytes) -> Step:
-        hit = self.state.best(data)
-        if hit is None:
+        rule = self.state.best(data)
+        if rule is None:
             return Unmatched(self.state, data, "no_match")
         source = self.state
-        self.state = self.machine.states[hit[0].target]
+        self.state = self.machine.states[rule.target]
         self.requests += 1
-        return Matched(source, hit[0], data, self.state, hit[1])
+        return Matched(source, rule, data, self.state)
 
 
 def _plausibility(state: StateIndex, data: bytes) -> int | None:
     """How well ``data`` reads as the next request(s) at ``state``: the fixed
     bytes of its best full or prefix match, 0 if it is only a possible start,
     None if it cannot be a request there."""
-    whole = state.best(data)
+    cands = state.candidates(data)
+    whole = state.best(data, cands)
     if whole is not None:
-        return whole[0].specificity
-    prefix = next(state.prefix_matches(data), None)
+        return whole.specificity
+    prefix = next(state.prefix_matches(data, cands), None)
     if prefix is not None:
         return prefix[0].specificity
-    return 0 if state.could_extend(data) else None
+    return 0 if state.could_extend(data, cands) else None

@@ -27,11 +27,17 @@ import regex
 from scriptgen.model import End, Machine, Pattern, State, Transition
 
 ANCHOR_BYTES = 16  # bytes of the anchoring fixed region used as the dict key
+CACHE_ENTRIES = 1024  # decisions remembered per state
+CACHE_MAX_REQUEST = 512  # only for buffers up to this size
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Rule:
-    """One transition, prepared for matching."""
+    """One transition, prepared for matching.
+
+    Patterns made only of fixed regions (``literal``) are compared as bytes,
+    without the regex engine: many learned requests are exactly such.
+    """
 
     order: int  # position among the state's transitions (tie-break)
     transition: Transition
@@ -41,6 +47,7 @@ class Rule:
     prefix_re: Any  # matches the shortest prefix of a buffer this pattern fullmatches
     anchor: tuple[int, bytes] | None  # (offset, first bytes of a fixed region)
     tail_max: int | None  # max length of a final mutating region (None: ends fixed)
+    literal: bytes | None  # the only request it accepts, when all regions are fixed
 
     def __repr__(self) -> str:
         return f"Rule({self.order}: {self.pattern.describe()} -> {self.target})"
@@ -49,11 +56,23 @@ class Rule:
     def sort_key(self) -> tuple[int, int]:
         return (-self.specificity, self.order)
 
-    def fullmatch(self, data: bytes) -> Any:
+    def fullmatch(self, data: bytes) -> bool:
+        if self.literal is not None:
+            return data == self.literal
+        return self.pattern.fullmatch(data) is not None
+
+    def match(self, data: bytes) -> Any:
+        """The regex match (live values of the regions), for later stages."""
         return self.pattern.fullmatch(data)
 
-    def tail_slack(self, match: Any) -> bool:
-        """True when ``match`` leaves the pattern's final mutating region room to grow.
+    def could_extend(self, data: bytes) -> bool:
+        """More bytes appended to ``data`` could make a match (``data`` is not one yet)."""
+        if self.literal is not None:
+            return len(data) < len(self.literal) and self.literal.startswith(data)
+        return self.pattern.could_extend(data)
+
+    def tail_slack(self, data: bytes) -> bool:
+        """True when matching ``data`` leaves the final mutating region room to grow.
 
         A request whose open-ended tail (a payload) was cut by a segment
         boundary still matches; this is the sign to wait for the settle delay
@@ -63,15 +82,19 @@ class Rule:
         """
         if self.tail_max is None:
             return False
+        m = self.pattern.fullmatch(data)
         last = len(self.pattern.regions)
-        return match.end(last) - match.start(last) < self.tail_max
+        return m is not None and m.end(last) - m.start(last) < self.tail_max
 
     def shortest_prefix(self, data: bytes) -> int:
-        """Length of the shortest non-empty prefix of ``data`` this rule fullmatches (0: none)."""
-        if len(data) < self.pattern.min_len:
+        """Length of the shortest proper prefix of ``data`` this rule fullmatches (0: none)."""
+        if self.literal is not None:
+            n = len(self.literal)
+            return n if 0 < n < len(data) and data.startswith(self.literal) else 0
+        if len(data) <= self.pattern.min_len:
             return 0
         m = self.prefix_re.match(data)
-        return m.end() if m is not None and m.end() > 0 else 0
+        return m.end() if m is not None and 0 < m.end() < len(data) else 0
 
 
 def _prefix_regex(pattern: Pattern) -> Any:
@@ -83,6 +106,12 @@ def _prefix_regex(pattern: Pattern) -> Any:
         else:
             parts.append(b".{%d,%d}?" % (region.min_len, region.max_len))
     return regex.compile(b"(?s)" + b"".join(parts))
+
+
+def _literal(pattern: Pattern) -> bytes | None:
+    if all(r.fixed is not None for r in pattern.regions):
+        return b"".join(r.fixed for r in pattern.regions)  # type: ignore[misc]
+    return None
 
 
 def _tail_max(pattern: Pattern) -> int | None:
@@ -117,6 +146,9 @@ class StateIndex:
     rules: list[Rule]
     groups: list[tuple[int, int, dict[bytes, list[Rule]]]] = field(default_factory=list)
     floating: list[Rule] = field(default_factory=list)
+    # Where a request ends depends only on (state, buffer, settled): scanners
+    # repeat the same requests, so remember recent decisions.
+    decisions: dict[tuple[bytes, bool], Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"StateIndex({self.id}, {len(self.rules)} rules)"
@@ -135,6 +167,7 @@ class StateIndex:
                     prefix_re=_prefix_regex(t.pattern),
                     anchor=_anchor(t.pattern),
                     tail_max=_tail_max(t.pattern),
+                    literal=_literal(t.pattern),
                 )
             )
             t.pattern.compiled  # noqa: B018 - compile now (off the reactor thread), not at first use
@@ -169,24 +202,38 @@ class StateIndex:
             found.sort(key=lambda r: r.sort_key)
         return found
 
-    def best(self, data: bytes) -> tuple[Rule, Any] | None:
+    def best(self, data: bytes, cands: list[Rule] | None = None) -> Rule | None:
         """The most specific rule that fullmatches ``data`` (State.best_transition's answer)."""
-        for rule in self.candidates(data):
-            m = rule.pattern.fullmatch(data)
-            if m is not None:
-                return rule, m
+        for rule in self.candidates(data) if cands is None else cands:
+            if rule.fullmatch(data):
+                return rule
         return None
 
-    def could_extend(self, data: bytes) -> bool:
+    def could_extend(self, data: bytes, cands: list[Rule] | None = None) -> bool:
         """Some pattern could match ``data`` plus more bytes (``data`` does not match it yet)."""
-        return any(rule.pattern.could_extend(data) for rule in self.candidates(data))
+        return any(
+            r.could_extend(data) for r in (self.candidates(data) if cands is None else cands)
+        )
 
-    def prefix_matches(self, data: bytes) -> Iterator[tuple[Rule, int]]:
+    def prefix_matches(
+        self, data: bytes, cands: list[Rule] | None = None
+    ) -> Iterator[tuple[Rule, int]]:
         """(rule, length) for rules that fullmatch a proper prefix of ``data``, best first."""
-        for rule in self.candidates(data):
+        for rule in self.candidates(data) if cands is None else cands:
             n = rule.shortest_prefix(data)
-            if 0 < n < len(data):
+            if n:
                 yield rule, n
+
+    def cached(self, key: tuple[bytes, bool]) -> Any:
+        return self.decisions.get(key)
+
+    def remember(self, key: tuple[bytes, bool], decision: Any) -> None:
+        """Keep a decision for a small buffer; the table is bounded (cleared when full)."""
+        if len(key[0]) > CACHE_MAX_REQUEST:
+            return
+        if len(self.decisions) >= CACHE_ENTRIES:
+            self.decisions.clear()
+        self.decisions[key] = decision
 
 
 @dataclass(slots=True)

@@ -66,7 +66,7 @@ class EmulatorProtocol(Protocol):
         lim = rt.config.limits
         self._start("idle", lim.idle_timeout, self._idle_check)
         self._start("session", lim.session_timeout, self._close, "session_timeout")
-        self._enter(self.dialog.state)
+        self._greet()
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
         if self.refused or self.where is None:
@@ -129,29 +129,41 @@ class EmulatorProtocol(Protocol):
             self._arm_request_timers()
 
     def _matched(self, step: Matched) -> None:
+        target = step.target
         self.runtime.events.emit(
             "scriptgen.request.matched",
             self.where,
             state=step.state.id,
             transition=step.rule.order,
-            target=step.target.id,
+            target=target.id,
             request=step.request,
+            answer=target.answer,
+            end=target.end.value,
         )
-        self._enter(step.target)
+        self._enter(target)
 
-    def _enter(self, state: StateIndex) -> None:
-        """Send the state's answer, then do what the server did there."""
-        if state.answer:
-            self.transport.write(state.answer)
-            self.bytes_out += len(state.answer)
-        if state.answer or state.end is not End.OPEN:
+    def _greet(self) -> None:
+        """At connect: the root state's answer (a banner), logged on its own."""
+        root = self.dialog.state
+        if root.answer or root.end is not End.OPEN:
             self.runtime.events.emit(
                 "scriptgen.answer.sent",
                 self.where,
-                state=state.id,
-                answer=state.answer,
-                end=state.end.value,
+                state=root.id,
+                answer=root.answer,
+                end=root.end.value,
             )
+        self._enter(root)
+
+    def _enter(self, state: StateIndex) -> None:
+        """Send the state's answer, then do what the server did there.
+
+        The answer is logged with the request that caused it (one event per
+        request keeps logging affordable at high request rates).
+        """
+        if state.answer:
+            self.transport.write(state.answer)
+            self.bytes_out += len(state.answer)
         if state.end is End.CLOSE:
             self._close("server_close")
         elif state.end is End.RESET:
@@ -183,6 +195,12 @@ class EmulatorProtocol(Protocol):
 
     def _arm_request_timers(self) -> None:
         waiting = self.dialog.waiting
+        if (
+            waiting is Waiting.NOTHING
+            and "settle" not in self._timers
+            and "request" not in self._timers
+        ):
+            return  # the common case: a whole request was answered, nothing pending
         if waiting is Waiting.SETTLE:
             self._cancel("settle")
             self._start("settle", self.runtime.config.request_settle, self._settled)

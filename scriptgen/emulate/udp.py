@@ -79,6 +79,8 @@ class EmulatorDatagramProtocol(DatagramProtocol):
                 transition=step.rule.order,
                 target=step.target.id,
                 request=step.request,
+                answer=step.target.answer,
+                end=step.target.end.value,
             )
             self._answer(session, addr)
             return
@@ -119,14 +121,6 @@ class EmulatorDatagramProtocol(DatagramProtocol):
         if state.answer:
             self.transport.write(state.answer, addr)
             session.bytes_out += len(state.answer)
-        if state.answer or state.end is not End.OPEN:
-            self.runtime.events.emit(
-                "scriptgen.answer.sent",
-                session.where,
-                state=state.id,
-                answer=state.answer,
-                end=state.end.value,
-            )
         if state.end is not End.OPEN:  # the dialog is over: the next datagram starts afresh
             self.sessions.pop(addr)
             self._end(session, "server_close" if state.end is End.CLOSE else "server_reset")
