@@ -1,0 +1,154 @@
+"""TCP reassembly conformance: scriptgen.trace vs tshark's "Follow TCP Stream".
+
+For every TCP connection of the committed lab captures and of every capture
+in ../shared/corpora, the client and server byte streams from
+``read_conversations`` must equal what tshark's follow shows (one tshark pass
+per file, see tests/lab/tshark.py). Explained differences are named
+categories (tests/lab/conformance.py: CATEGORIES, each documented) that are
+counted and printed, never silently dropped; anything else fails with the
+file, the tcp.stream number, the sender and the first differing offset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CAPTURES_DIR, CORPORA_DIR, require_binaries
+from tests.lab.conformance import CATEGORIES, FileReport, compare_file, run_conversations
+from tests.lab.tshark import read_streams
+
+pytestmark = [pytest.mark.integration]
+
+CORPUS_FOLDERS = ("chrissanders_packets", "markofu_pcaps", "pcap_attack", "suricata_verify", "zeek")
+_INDEX_LINE = re.compile(r"^== (\S+)\s.*\btcp_streams=(\d+)")
+
+
+def _tcp_streams_in_index(corpora: Path) -> dict[str, int]:
+    """INDEX.txt's tshark-made count of TCP streams per file (to skip files without TCP).
+
+    INDEX names some files with their folder, some by base name only; both are keys,
+    and an ambiguous base name keeps its largest count (never skip by mistake).
+    """
+    index = corpora / "INDEX.txt"
+    if not index.is_file():
+        return {}
+    out: dict[str, int] = {}
+    for line in index.read_text(errors="replace").splitlines():
+        m = _INDEX_LINE.match(line)
+        if m:
+            name, n = m.group(1), int(m.group(2))
+            for key in {name, name.rsplit("/", 1)[-1]}:
+                out[key] = max(out.get(key, n), n)
+    return out
+
+
+def _index_count(index: dict[str, int], path: Path, base: Path) -> int | None:
+    rel = path.relative_to(base).as_posix()
+    return index.get(rel, index.get(path.name))
+
+
+@pytest.fixture(scope="module")
+def tshark_cache(request: pytest.FixtureRequest) -> Path | None:
+    """pytest's cache dir for tshark results (off with SCRIPTGEN_TSHARK_CACHE=0)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None or os.environ.get("SCRIPTGEN_TSHARK_CACHE") == "0":
+        return None
+    return Path(cache.mkdir("tshark-follow"))
+
+
+def _one_file(path: Path, index_streams: int | None, cache: Path | None) -> FileReport:
+    from scriptgen.trace import TraceError
+
+    try:
+        convs = run_conversations(path)
+    except TraceError as exc:
+        # Unreadable for the reader: fine only if tshark finds no TCP payload either.
+        ts = read_streams(path, 0, cache)
+        rep = FileReport(str(path), tshark_streams=len(ts.streams))
+        if any(st.payload_bytes for st in ts.streams.values()):
+            rep.mismatches.append(f"{path}: reader raised {exc!r}, tshark reads TCP payload")
+        else:
+            rep.excluded["unreadable-no-tcp"] += 1
+        return rep
+    if not convs and index_streams == 0:
+        rep = FileReport(str(path))
+        rep.excluded["file-without-tcp"] += 1
+        return rep
+    return compare_file(path, convs, read_streams(path, len(convs), cache))
+
+
+def _run_all(
+    paths: Iterable[Path], index: dict[str, int], base: Path, cache: Path | None
+) -> FileReport:
+    total = FileReport("total")
+    files = sorted(paths)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = pool.map(lambda p: _one_file(p, _index_count(index, p, base), cache), files)
+        for rep in reports:
+            rep.merge_into(total)
+    return total
+
+
+def _print_report(title: str, total: FileReport, files: int, capsys: pytest.CaptureFixture) -> None:
+    with capsys.disabled():
+        print(f"\n[tshark conformance] {title}: {files} files; {total.summary()}")
+        for cat, n in sorted(total.excluded.items()):
+            why = CATEGORIES.get(cat, "file-level: nothing to compare")
+            print(f"  excluded {cat}: {n} - {why}")
+
+
+def _fail_on_mismatches(total: FileReport) -> None:
+    if total.mismatches:
+        shown = "\n".join(total.mismatches[:25])
+        pytest.fail(f"{len(total.mismatches)} reassembly differences from tshark:\n{shown}")
+
+
+def test_lab_captures_match_tshark_exactly(
+    capsys: pytest.CaptureFixture, tshark_cache: Path | None
+) -> None:
+    """Our own clean loopback captures: every stream compared, no exclusion allowed."""
+    require_binaries("tshark")
+    pcaps = sorted(CAPTURES_DIR.glob("*.pcap"))
+    assert pcaps, f"no committed captures in {CAPTURES_DIR}"
+    total = _run_all(pcaps, {}, CAPTURES_DIR, tshark_cache)
+    _print_report("lab captures", total, len(pcaps), capsys)
+    _fail_on_mismatches(total)
+    assert not total.excluded, f"clean captures need no exclusions: {dict(total.excluded)}"
+    assert total.compared == total.tshark_streams == total.reader_conversations
+    assert total.compared >= 300  # 6 files x 50 runs (+ FTP data connections)
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("folder", CORPUS_FOLDERS)
+def test_corpus_matches_tshark(
+    folder: str, capsys: pytest.CaptureFixture, tshark_cache: Path | None
+) -> None:
+    """Every capture of one corpus folder; explained differences counted by category."""
+    require_binaries("tshark")
+    base = CORPORA_DIR / folder
+    if not base.is_dir():
+        pytest.skip(f"{base} is absent")
+    files = [p for p in base.rglob("*") if p.is_file()]
+    total = _run_all(files, _tcp_streams_in_index(CORPORA_DIR), CORPORA_DIR, tshark_cache)
+    _print_report(folder, total, len(files), capsys)
+    _fail_on_mismatches(total)
+    assert total.compared > 0
+
+
+def test_follow_parser_reads_known_lab_dialog() -> None:
+    """The tshark follow parser itself: a redis-cli command and its reply, by sender."""
+    require_binaries("tshark")
+    res = read_streams(CAPTURES_DIR / "redis.pcap", 60)
+    assert len(res.streams) == 50
+    st = res.streams[0]
+    assert st.nodes is not None and st.nodes[1] == ("127.0.0.2", 6379)
+    sent = st.sent_by()
+    assert sent[st.nodes[0]].startswith(b"*") and b"\r\n$" in sent[st.nodes[0]]
+    assert sent[st.nodes[1]][:1] in (b"+", b"-", b":", b"$", b"*")
+    assert st.first_flags & 0x02  # the stream starts with the SYN
