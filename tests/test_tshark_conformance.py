@@ -152,3 +152,22 @@ def test_follow_parser_reads_known_lab_dialog() -> None:
     assert sent[st.nodes[0]].startswith(b"*") and b"\r\n$" in sent[st.nodes[0]]
     assert sent[st.nodes[1]][:1] in (b"+", b"-", b":", b"$", b"*")
     assert st.first_flags & 0x02  # the stream starts with the SYN
+
+
+def test_checker_reports_a_corrupted_stream(tshark_cache: Path | None) -> None:
+    """The comparison can fail: one changed byte or one lost byte is a precise mismatch."""
+    require_binaries("tshark")
+    path = CAPTURES_DIR / "smb445.pcap"
+    convs = run_conversations(path)
+    ts = read_streams(path, len(convs), tshark_cache)
+    assert not compare_file(path, convs, ts).mismatches
+    victim = max(convs, key=lambda c: len(c.messages))
+    msg = victim.messages[-1]
+    msg.data = msg.data[:-1] + bytes([msg.data[-1] ^ 0xFF])
+    rep = compare_file(path, convs, ts)
+    assert len(rep.mismatches) == 1
+    assert f"sender={victim.server.ip}:{victim.server.port}" in rep.mismatches[0] or (
+        f"sender={victim.client.ip}:{victim.client.port}" in rep.mismatches[0]
+    )
+    msg.data = msg.data[:-1]  # a dropped byte at the end: not excused by any category
+    assert len(compare_file(path, convs, ts).mismatches) == 1
