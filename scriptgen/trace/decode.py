@@ -61,17 +61,19 @@ def iter_segments(
     skipped_non_ip = skipped_proto = decoded = 0
     unsupported: dict[int, int] = {}
     warn = stats.warn
+    ip4_hdr, tcp_hdr, udp_hdr = _ip4_hdr, _tcp_hdr, _udp_hdr  # locals: faster lookups
+    # literals below: 0x0800 = IPv4, 0x86DD = IPv6 ethertypes; 6 = TCP, 17 = UDP
     try:
         for idx, (ts, lt, data, wire) in enumerate(records, 1):
             n = len(data)
             # ---- link layer: find the network header offset and its ethertype
-            if lt == LT_ETHERNET:
+            if lt == 1:  # Ethernet
                 if n < 14:
                     warn("short-frame", f"packet {idx}: {n}-byte Ethernet frame")
                     continue
                 et = (data[12] << 8) | data[13]
                 off = 14
-                if et != ET_IPV4 and et != ET_IPV6:
+                if et != 0x0800 and et != 0x86DD:
                     off, et = _ether_more(data, et, off)
             elif lt == LT_SLL or lt == LT_SLL2:
                 off = 16 if lt == LT_SLL else 20
@@ -99,24 +101,27 @@ def iter_segments(
                 continue
 
             # ---- network layer
-            if et == ET_IPV4:
+            if et == 0x0800:
                 avail = n - off
                 if avail < 20:
                     warn("bad-ip-header", f"packet {idx}: {avail} bytes of IPv4 header")
                     continue
-                vihl, tot, ident, ff, proto, src, dst = _ip4_hdr(data, off)
-                ihl = (vihl & 15) << 2
+                vihl, tot, ident, ff, proto, src, dst = ip4_hdr(data, off)
                 if tot == 0:  # segmentation offload: the length was never filled in
                     tot = avail
-                if vihl >> 4 != 4 or ihl < 20 or tot < ihl:
-                    warn(
-                        "bad-ip-header",
-                        f"packet {idx}: IPv4 version/ihl {vihl:#04x}, total length {tot}",
-                    )
-                    continue
-                if ihl > avail:
-                    warn("truncated-header", f"packet {idx}: IPv4 options cut by snaplen")
-                    continue
+                if vihl == 0x45 and tot >= 20:
+                    ihl = 20
+                else:
+                    ihl = (vihl & 15) << 2
+                    if vihl >> 4 != 4 or ihl < 20 or tot < ihl:
+                        warn(
+                            "bad-ip-header",
+                            f"packet {idx}: IPv4 version/ihl {vihl:#04x}, total length {tot}",
+                        )
+                        continue
+                    if ihl > avail:
+                        warn("truncated-header", f"packet {idx}: IPv4 options cut by snaplen")
+                        continue
                 if proto != 6 and proto != 17:
                     skipped_proto += 1
                     continue
@@ -139,7 +144,7 @@ def iter_segments(
                     data = done[1]
                     l4, end, n = 0, len(data), len(data)
                     wire = n
-            elif et == ET_IPV6:
+            elif et == 0x86DD:
                 seg6 = _ipv6(ts, data, off, n, frags, stats, idx)
                 if seg6 is None:
                     continue
@@ -162,7 +167,7 @@ def iter_segments(
                 if cap_end - l4 < 20:
                     _short_l4(stats, idx, "TCP", end - l4, cap_end - l4)
                     continue
-                sport, dport, seq, ack, offflags = _tcp_hdr(data, l4)
+                sport, dport, seq, ack, offflags = tcp_hdr(data, l4)
                 doff = (offflags >> 10) & 0x3C
                 if doff < 20 or l4 + doff > end:
                     warn("bad-tcp-header", f"packet {idx}: TCP data offset {doff}")
@@ -183,7 +188,7 @@ def iter_segments(
                 if cap_end - l4 < 8:
                     _short_l4(stats, idx, "UDP", end - l4, cap_end - l4)
                     continue
-                sport, dport, ulen = _udp_hdr(data, l4)
+                sport, dport, ulen = udp_hdr(data, l4)
                 ip_len = end - l4
                 if ulen != ip_len:
                     if ulen == 0:  # jumbogram or offload: trust the IP length
