@@ -604,6 +604,15 @@ def _segments_for(
         nxt[d] = isn[d] + 1 + len(sent[d])
         for _, (off, chunk) in keyed:
             out.append(mk(d, off, chunk))
+        if rnd.random() < 0.3:  # an idle side probes with a garbage keep-alive byte
+            k = rnd.randrange(2)
+            out.append(mk(k, len(sent[k]) - 1, b"\xee"))
+    if rnd.random() < 0.5:  # orderly close by a random side, acknowledged
+        first = rnd.randrange(2)
+        for k in (first, first ^ 1):
+            out.append(mk(k, len(sent[k]), b"", FIN | ACK))
+            nxt[k] += 1
+        out.append(mk(first, len(sent[first]) + 1, b"", ACK))
     return out
 
 
@@ -624,7 +633,9 @@ def test_property_random_dialog_survives_segmentation(msgs, cisn, sisn, seed):
     c = one(segs)
     assert dialog(c) == [(_dir, data) for _dir, data in msgs]
     assert all(not m.gaps for m in c.messages)
-    assert c.outcome is Outcome.OPEN and not c.midstream
+    assert not c.midstream
+    closed = any(s.flags & FIN for s in segs)
+    assert c.outcome is (Outcome.CLOSED if closed else Outcome.OPEN)
 
 
 @settings(max_examples=100, deadline=None)

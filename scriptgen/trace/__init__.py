@@ -19,6 +19,7 @@ from scriptgen.trace.decode import iter_segments
 from scriptgen.trace.errors import TraceError, TraceStats
 from scriptgen.trace.flows import DEFAULT_MAX_CONNECTIONS, ConversationTracker
 from scriptgen.trace.pcapfile import iter_records
+from scriptgen.trace.tcp import DEFAULT_LIMITS, TcpLimits
 from scriptgen.trace.types import Conversation, Direction, Endpoint, Message, Outcome
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Endpoint",
     "Message",
     "Outcome",
+    "TcpLimits",
     "TraceError",
     "TraceStats",
     "read_conversations",
@@ -40,11 +42,14 @@ def read_conversations(
     udp_timeout: float = 60.0,
     stats: TraceStats | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    tcp_limits: TcpLimits = DEFAULT_LIMITS,
 ) -> Iterator[Conversation]:
     """Stream the TCP connections and UDP flows of one capture file.
 
     Raises ``TraceError`` at once when the file cannot be read as a capture;
     damaged packets are only counted in ``stats`` (pass one to see them).
+    ``max_connections`` bounds the open connections (and, separately, UDP
+    flows) tracked at once; ``tcp_limits`` bounds each connection's buffers.
     Memory grows with the number of connections open at the same time, not
     with the file size.
 
@@ -62,5 +67,6 @@ def read_conversations(
         udp_timeout=udp_timeout,
         max_connections=max_connections,
         stats=stats,
+        tcp_limits=tcp_limits,
     )
     return tracker.run(iter_segments(records, stats))
