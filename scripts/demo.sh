@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One command: set up .venv, train on the captures shipped in the repo (first
+# run only), and run the honeypot on unprivileged ports of 127.0.0.1.
+#
+#   ./scripts/demo.sh            # Ctrl-C stops it
+#   SCRIPTGEN_LISTEN=127.0.0.5 ./scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+LISTEN=${SCRIPTGEN_LISTEN:-127.0.0.1}
+DEMO=var/demo
+CAPTURES=tests/data/captures
+
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv"
+    "$PY" -m venv .venv
+fi
+echo "== installing scriptgen into .venv"
+# compat mode puts the checkout on sys.path, so Twisted finds twisted/plugins/.
+.venv/bin/python -m pip install -q -e . --config-settings editable_mode=compat
+
+mkdir -p "$DEMO"
+if [ ! -f "$DEMO/models/tcp-6379.json" ]; then
+    echo "== training on the shipped captures (vsftpd, redis-server, dnsmasq)"
+    .venv/bin/scriptgen train --model-dir "$DEMO/models" --port 21 --port 6379 --port 53 \
+        "$CAPTURES/ftp.pcap" "$CAPTURES/redis.pcap" "$CAPTURES/dns.pcap"
+fi
+
+cat > "$DEMO/scriptgen.ini" <<INI
+; written by scripts/demo.sh; see etc/scriptgen.ini.dist for every key
+[scriptgen]
+model_dir = $DEMO/models
+listen = $LISTEN
+ports = tcp/21=2121, tcp/6379=16379, udp/53=10053
+events = $DEMO/events.json
+INI
+
+cat <<MSG
+
+== scriptgen is starting on $LISTEN, serving what it learned from real servers:
+     FTP   (vsftpd)        tcp/$LISTEN:2121   curl ftp://$LISTEN:2121/
+     Redis (redis-server)  tcp/$LISTEN:16379  redis-cli -h $LISTEN -p 16379 ping
+     DNS   (dnsmasq)       udp/$LISTEN:10053  dig @$LISTEN -p 10053 www.lab.test
+   events (JSON lines):    tail -f $DEMO/events.json
+   learned machines:       .venv/bin/scriptgen show $DEMO/models
+   Ctrl-C stops it.
+
+MSG
+exec .venv/bin/twistd -n --pidfile= scriptgen --config "$DEMO/scriptgen.ini"
