@@ -78,6 +78,7 @@ class Config:
     reload_interval: float = 5.0
     request_settle: float = 0.2
     on_unmatched: str = "silent"
+    content_dependencies: bool = True  # patch answers from live requests (off: as learned)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     limits: Limits = field(default_factory=Limits)
     source: str = "<defaults>"
@@ -190,6 +191,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "reload_interval": _float(0.0),
         "request_settle": _float(0.0),
         "on_unmatched": _policy,
+        "content_dependencies": _bool,
     },
     "proxy": {"enabled": _bool, "pool": _pool, "expiry": _float(1.0)},
     "limits": {
