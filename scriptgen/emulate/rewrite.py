@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 MAX_HISTORY = 16  # requests/answers remembered per connection (the learner looks ≤ 8 back)
@@ -33,6 +33,8 @@ class History:
         self.answers: deque[bytes] = deque(maxlen=size)
 
     def request(self, data: bytes, match: Any) -> None:
+        """``match``: the regex match of the request, or a function that computes it
+        (called only if a dependency reads this request: most requests need none)."""
         self.requests.append((data, match))
 
     def answer(self, data: bytes) -> None:
@@ -43,6 +45,9 @@ class History:
         if back < 0 or back >= len(self.requests):
             return None
         data, match = self.requests[-1 - back]
+        if callable(match):
+            match = match()
+            self.requests[-1 - back] = (data, match)
         if match is None:
             return None
         try:
@@ -196,3 +201,39 @@ def describe(dep: dict[str, Any]) -> str:
     if kind == "random":
         return f"{span} = random per answer"
     return f"{span} {kind}"
+
+
+class LiveAnswers:
+    """One connection's answers: keeps its history and patches each state's template.
+
+    The transports call :meth:`answer` once per state entered (with the
+    request that led there, or none for the banner). With ``enabled`` off the
+    templates go out as learned (the emulation-quality benchmark compares both).
+    """
+
+    def __init__(
+        self,
+        states: Mapping[int, Any],
+        enabled: bool = True,
+        rewriter: Rewriter | None = None,
+    ) -> None:
+        self.states = states  # state id -> model State (its ``dependencies``)
+        self.enabled = enabled
+        self.rewriter = rewriter
+        self.history = History()
+
+    def answer(
+        self, state_id: int, template: bytes, request: bytes | None = None, match: Any = None
+    ) -> bytes:
+        if not self.enabled:
+            return template
+        if request is not None:
+            self.history.request(request, match)
+        state = self.states.get(state_id)
+        deps = getattr(state, "dependencies", None)
+        if deps:
+            if self.rewriter is None:
+                self.rewriter = Rewriter()
+            template = self.rewriter.apply(template, deps, self.history)
+        self.history.answer(template)
+        return template
