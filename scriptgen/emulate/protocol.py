@@ -23,6 +23,7 @@ from scriptgen.emulate.config import PortSpec
 from scriptgen.emulate.dialog import Dialog, Matched, Overflow, Step, Unmatched, Waiting
 from scriptgen.emulate.eventlog import Endpoint
 from scriptgen.emulate.matching import CompiledMachine, StateIndex
+from scriptgen.emulate.rewrite import LiveAnswers
 from scriptgen.emulate.runtime import Runtime, new_session_id
 from scriptgen.model import End
 
@@ -36,6 +37,7 @@ class EmulatorProtocol(Protocol):
         self.machine = machine  # kept for the whole connection, even across reloads
         lim = runtime.config.limits
         self.dialog = Dialog(machine, lim.max_buffer_bytes)
+        self.answers = LiveAnswers(machine.machine.states, runtime.config.content_dependencies)
         self.where: Endpoint | None = None
         self.refused = False
         self.closing = False
@@ -130,6 +132,7 @@ class EmulatorProtocol(Protocol):
 
     def _matched(self, step: Matched) -> None:
         target = step.target
+        answer = self.answers.answer(target.id, target.answer, step.request, lambda: step.match)
         self.runtime.events.emit(
             "scriptgen.request.matched",
             self.where,
@@ -137,33 +140,34 @@ class EmulatorProtocol(Protocol):
             transition=step.rule.order,
             target=target.id,
             request=step.request,
-            answer=target.answer,
+            answer=answer,
             end=target.end.value,
         )
-        self._enter(target)
+        self._enter(target, answer)
 
     def _greet(self) -> None:
         """At connect: the root state's answer (a banner), logged on its own."""
         root = self.dialog.state
-        if root.answer or root.end is not End.OPEN:
+        answer = self.answers.answer(root.id, root.answer)
+        if answer or root.end is not End.OPEN:
             self.runtime.events.emit(
                 "scriptgen.answer.sent",
                 self.where,
                 state=root.id,
-                answer=root.answer,
+                answer=answer,
                 end=root.end.value,
             )
-        self._enter(root)
+        self._enter(root, answer)
 
-    def _enter(self, state: StateIndex) -> None:
+    def _enter(self, state: StateIndex, answer: bytes) -> None:
         """Send the state's answer, then do what the server did there.
 
         The answer is logged with the request that caused it (one event per
         request keeps logging affordable at high request rates).
         """
-        if state.answer:
-            self.transport.write(state.answer)
-            self.bytes_out += len(state.answer)
+        if answer:
+            self.transport.write(answer)
+            self.bytes_out += len(answer)
         if state.end is End.CLOSE:
             self._close("server_close")
         elif state.end is End.RESET:
