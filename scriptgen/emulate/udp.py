@@ -18,6 +18,7 @@ from scriptgen.emulate.config import PortSpec
 from scriptgen.emulate.dialog import Dialog, Matched
 from scriptgen.emulate.eventlog import Endpoint
 from scriptgen.emulate.limits import LruTable
+from scriptgen.emulate.rewrite import LiveAnswers
 from scriptgen.emulate.runtime import Runtime, new_session_id
 from scriptgen.model import End
 
@@ -30,6 +31,7 @@ class UdpSession:
     last: float
     bytes_in: int = 0
     bytes_out: int = 0
+    answers: LiveAnswers | None = None  # content dependencies of this session
 
 
 class EmulatorDatagramProtocol(DatagramProtocol):
@@ -72,6 +74,10 @@ class EmulatorDatagramProtocol(DatagramProtocol):
             return
         step = session.dialog.datagram(data)
         if isinstance(step, Matched):
+            target = step.target
+            answer = target.answer
+            if session.answers is not None:
+                answer = session.answers.answer(target.id, answer, step.request, lambda: step.match)
             rt.events.emit(
                 "scriptgen.request.matched",
                 session.where,
@@ -79,10 +85,10 @@ class EmulatorDatagramProtocol(DatagramProtocol):
                 transition=step.rule.order,
                 target=step.target.id,
                 request=step.request,
-                answer=step.target.answer,
+                answer=answer,
                 end=step.target.end.value,
             )
-            self._answer(session, addr)
+            self._answer(session, addr, answer)
             return
         rt.events.emit(
             "scriptgen.request.unmatched",
@@ -112,15 +118,18 @@ class EmulatorDatagramProtocol(DatagramProtocol):
         )
         dialog = Dialog(machine, self.runtime.config.limits.max_buffer_bytes)
         session = UdpSession(dialog, where, now, now)
+        session.answers = LiveAnswers(
+            machine.machine.states, self.runtime.config.content_dependencies
+        )
         self.sessions.put(addr, session)
         self.runtime.events.emit("scriptgen.session.connect", where, state=dialog.state.id)
         return session
 
-    def _answer(self, session: UdpSession, addr: tuple[str, int]) -> None:
+    def _answer(self, session: UdpSession, addr: tuple[str, int], answer: bytes) -> None:
         state = session.dialog.state
-        if state.answer:
-            self.transport.write(state.answer, addr)
-            session.bytes_out += len(state.answer)
+        if answer:
+            self.transport.write(answer, addr)
+            session.bytes_out += len(answer)
         if state.end is not End.OPEN:  # the dialog is over: the next datagram starts afresh
             self.sessions.pop(addr)
             self._end(session, "server_close" if state.end is End.CLOSE else "server_reset")
