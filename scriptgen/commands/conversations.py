@@ -111,6 +111,7 @@ def _report_damage(path: str, stats: TraceStats) -> None:
         file=sys.stderr,
     )
     for msg in stats.messages[:MAX_WARNING_LINES]:
+        msg = msg.replace(f"{path}: ", "", 1)  # the reader names the file too
         print(f"scriptgen: {path}:   {msg}", file=sys.stderr)
     more = stats.damaged - min(len(stats.messages), MAX_WARNING_LINES)
     if more > 0:
