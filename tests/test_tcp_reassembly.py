@@ -536,6 +536,21 @@ def test_tuple_reuse_after_close_is_a_new_conversation():
     assert [c.outcome for c in convs] == [Outcome.CLOSED, Outcome.RESET]
 
 
+def test_tuple_reuse_seen_from_the_synack_only():
+    w = Wire()
+    w.handshake()
+    w.send(0, b"first")
+    w.rst(0)
+    w.segs.append(w.segs[1]._replace(ts=w.ts()))  # late copy of the old SYN/ACK: swallowed
+    w2 = Wire(cisn=424242, sisn=5555, t0=w.t + 1)
+    w2.handshake()
+    w2.send(0, b"second")
+    convs = track(w.segs + w2.segs[1:])  # the new SYN is missing from the capture
+    assert [dialog(c) for c in convs] == [[(CLIENT, b"first")], [(CLIENT, b"second")]]
+    assert [c.outcome for c in convs] == [Outcome.RESET, Outcome.OPEN]
+    assert not convs[1].midstream
+
+
 def test_new_syn_on_open_tuple_with_other_isn_starts_a_new_conversation():
     w = Wire()
     w.handshake()

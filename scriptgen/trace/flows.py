@@ -153,10 +153,7 @@ class ConversationTracker:
                 entry = None
         if entry is None:
             if self._closed and key in self._closed:
-                # Time-wait: stray segments of a finished connection, and copies
-                # of its SYN (same ISN), are swallowed; a SYN with another ISN
-                # is a new connection on the same tuple.
-                if not (flags & SYN and not flags & ACK) or seq == self._closed[key][1]:
+                if not self._reopens(key, flags, seq, ack):
                     return
                 self._forget_closed(key)
             if flags & RST:
@@ -164,6 +161,22 @@ class ConversationTracker:
             conn, d = self._open_tcp(ts, src, dst, sport, dport, flags)
         if conn.segment(d, ts, flags, seq, ack, payload, truncated):
             self._finish_tcp(conn)
+
+    def _reopens(self, key: tuple[bytes, int, bytes, int], flags: int, seq: int, ack: int) -> bool:
+        """Time-wait rule: does this segment on a finished tuple open a new connection?
+
+        Stray segments of the finished connection, copies of its SYN (same
+        ISN) and of its SYN/ACK (acknowledging that ISN) are swallowed; a SYN
+        or SYN/ACK for another ISN is a new connection on the same tuple.
+        """
+        if not flags & SYN:
+            return False
+        isn = self._closed[key][1]
+        if isn is None:
+            return True
+        if flags & ACK:
+            return ack != (isn + 1) & 0xFFFFFFFF
+        return seq != isn
 
     def _open_tcp(
         self, ts: float, src: bytes, dst: bytes, sport: int, dport: int, flags: int
