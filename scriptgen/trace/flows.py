@@ -11,6 +11,12 @@ been idle for ``udp_timeout`` seconds of capture time; everything still open
 at the end of the capture last, in order of first packet. Consumers that want
 another order sort.
 
+A finished TCP tuple stays in a time-wait table for ``TIME_WAIT`` seconds of
+capture time (bounded by ``2 * max_connections`` entries) so that its late
+ACKs, RSTs and retransmitted SYN or SYN/ACK do not start a bogus mid-stream
+conversation; a SYN or SYN/ACK for another ISN starts a new connection.
+A RST alone on an unknown tuple makes no conversation.
+
 Who is the client of a connection picked up mid-stream (no SYN seen)? The
 side whose port is *not* the likely service port: if exactly one port is
 below 1024 it is the server's; otherwise the lower port is the server's;

@@ -10,7 +10,9 @@ compares against):
 
 - Each direction is a byte stream starting at the ISN + 1 from its SYN, or,
   for a connection captured mid-stream, at the sequence number of the first
-  segment of that direction that carries data (or a FIN).
+  segment of that direction that carries data (or a FIN) -- except a
+  keep-alive byte just behind an already seen data-less segment, which is
+  skipped as tshark does.
 - Sequence numbers are compared in 32-bit modular arithmetic and turned into
   unbounded stream offsets, so wrap-around is invisible past this point.
 - Overlaps: bytes already placed in the stream win ("first seen" for
