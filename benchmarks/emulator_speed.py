@@ -365,6 +365,15 @@ def main() -> None:
         finally:
             stop(emu)
             stop(echo)
+        if not args.no_events:
+            written = dropped = 0
+            for line in _events.read_text().splitlines():
+                e = json.loads(line)
+                written += 1
+                if e["eventid"] == "scriptgen.log.dropped":
+                    dropped += e["count"]
+            print(f"event log: {written:,} events written, {dropped:,} dropped (queue full)")
+            print()
 
     print(
         "| transitions at the state | patterns | emulator µs/request (cold cache) "

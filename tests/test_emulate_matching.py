@@ -26,7 +26,7 @@ patterns = st.lists(st.one_of(fixed_region, mutating_region), min_size=1, max_si
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(patterns, min_size=1, max_size=8), st.lists(small_bytes, min_size=1, max_size=10))
 def test_index_agrees_with_best_transition(pats: list[Pattern], requests: list[bytes]) -> None:
     state = State(0, transitions=[Transition(p, 0) for p in pats])
@@ -139,3 +139,51 @@ def test_udp_datagram_is_one_request() -> None:
     assert isinstance(step, Unmatched)
     step = d.datagram(b"PING\r\n")
     assert isinstance(step, Matched) and d.state.id == 1
+
+
+requests_of_line_machine = st.lists(
+    st.sampled_from(
+        [b"PING\r\n", b"PING", b"PINGALL\r\n", b"USER ab\r\n", b"USER x\r\n", b"\x00junk"]
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(requests_of_line_machine, st.lists(st.integers(1, 7), min_size=1, max_size=30))
+def test_decision_cache_never_changes_the_outcome(reqs: list[bytes], cuts: list[int]) -> None:
+    """Where requests end depends only on (state, buffer): a warm cache gives the same steps."""
+    stream = b"".join(reqs)
+    chunks, i = [], 0
+    for c in cuts * (len(stream) // max(1, sum(cuts)) + 1):
+        if i >= len(stream):
+            break
+        chunks.append(stream[i : i + c])
+        i += c
+
+    def run(compiled: CompiledMachine) -> list[tuple[str, bytes]]:
+        d = Dialog(compiled, 1000)
+        out = []
+        for chunk in chunks:
+            out += [(type(s).__name__, getattr(s, "request", b"")) for s in d.feed(chunk)]
+        out += [(type(s).__name__, getattr(s, "request", b"")) for s in d.settle()]
+        return out
+
+    cold = CompiledMachine.build(line_machine())
+    first = run(cold)
+    second = run(cold)  # same machine: its caches are warm now
+    assert first == second
+    for state in cold.states.values():
+        state.decisions.clear()
+    assert run(cold) == first
+
+
+def test_decision_cache_is_bounded() -> None:
+    from scriptgen.emulate.matching import CACHE_ENTRIES
+
+    compiled = CompiledMachine.build(line_machine())
+    root = compiled.states[compiled.root]
+    for i in range(CACHE_ENTRIES * 3):
+        Dialog(compiled, 1000).feed(b"junk%d" % i)
+    assert 0 < len(root.decisions) <= CACHE_ENTRIES

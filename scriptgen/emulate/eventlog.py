@@ -28,7 +28,7 @@ from scriptgen.emulate.events import CATALOGUE
 
 REOPEN_INTERVAL = 1.0  # seconds between attempts to (re)open a failing log
 IDENTITY_CHECK_INTERVAL = 1.0  # seconds between "was the file removed/rotated" checks
-BATCH = 512  # events written per os.write at most
+BATCH = 1024  # events written per os.write at most
 POLL = 0.05  # seconds the writer sleeps when there is nothing to write
 
 
@@ -42,11 +42,14 @@ class Endpoint:
     dst_ip: str
     dst_port: int
     session: str
-    _fields: dict[str, Any] = field(init=False, repr=False, compare=False)
+    json: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Built once per session, not once per event: emit runs on the hot path.
-        fields = {
+        # Serialised once per session, not once per event: emit is on the hot path.
+        object.__setattr__(self, "json", _object_body(self.fields()))
+
+    def fields(self) -> dict[str, Any]:
+        return {
             "src_ip": self.src_ip,
             "src_port": self.src_port,
             "dst_ip": self.dst_ip,
@@ -54,33 +57,9 @@ class Endpoint:
             "protocol": self.protocol,
             "session": self.session,
         }
-        object.__setattr__(self, "_fields", fields)
 
-    def fields(self) -> dict[str, Any]:
-        """The contract fields (shared: callers copy, never modify)."""
-        return self._fields
-
-
-NO_ENDPOINT: dict[str, Any] = {
-    "src_ip": None,
-    "src_port": None,
-    "dst_ip": None,
-    "dst_port": None,
-    "protocol": None,
-    "session": None,
-}
 
 _STOP = object()
-
-
-class _Payload:
-    """Attacker bytes, already cut to the logging bound, plus their real length."""
-
-    __slots__ = ("data", "length")
-
-    def __init__(self, data: bytes, limit: int) -> None:
-        self.data = bytes(data[:limit])
-        self.length = len(data)
 
 
 def iso_utc(ts: float) -> str:
@@ -113,34 +92,50 @@ def _json_value(value: Any) -> str:
         return "null"
     if kind is bool:
         return "true" if value else "false"
-    if isinstance(value, _Payload):
-        return f'"{value.data.hex()}"'
     return json.dumps(value, separators=(",", ":"), default=str, sort_keys=True)
+
+
+def _object_body(fields: dict[str, Any]) -> str:
+    return ",".join(f'"{key}":{_json_value(value)}' for key, value in fields.items())
+
+
+NO_ENDPOINT = _object_body(
+    dict.fromkeys(("src_ip", "src_port", "dst_ip", "dst_port", "protocol", "session"))
+)
 
 
 def _serialise(
     ts: float,
     eventid: str,
-    where: dict[str, Any],
+    where: str,
     fields: dict[str, Any],
     stamp: Callable[[float], str] = iso_utc,
+    payload_bytes: int = 4096,
 ) -> str:
     """One JSON object on one line.
 
     Assembled by hand from the C string escaper rather than ``json.dumps``
-    on a dict: this runs for every event, and is about twice as fast. Keys
-    come from this package, never from the wire; every value is escaped.
+    on a dict, and with the session's fields serialised once per session:
+    this runs for every event. Keys come from this package, never from the
+    wire; every value is escaped. Attacker bytes become bounded hex plus
+    ``<key>_len`` (and ``<key>_truncated`` when cut).
     """
-    parts = [f'"eventid":"{eventid}","timestamp":"{stamp(ts)}"']
-    for key, value in where.items():
-        parts.append(f'"{key}":{_json_value(value)}')
+    out = ['{"eventid":"', eventid, '","timestamp":"', stamp(ts), '",', where]
     for key, value in fields.items():
-        parts.append(f'"{key}":{_json_value(value)}')
-        if isinstance(value, _Payload):
-            parts.append(f'"{key}_len":{value.length}')
-            if value.length > len(value.data):
-                parts.append(f'"{key}_truncated":true')
-    return "{" + ",".join(parts) + "}"
+        kind = type(value)
+        if kind is int:
+            out.append(f',"{key}":{value}')
+        elif kind is str:
+            out.append(f',"{key}":{encode_basestring_ascii(value)}')
+        elif kind is bytes or kind is bytearray or kind is memoryview:
+            n = len(value)
+            out.append(f',"{key}":"{bytes(value[:payload_bytes]).hex()}","{key}_len":{n}')
+            if n > payload_bytes:
+                out.append(f',"{key}_truncated":true')
+        else:
+            out.append(f',"{key}":{_json_value(value)}')
+    out.append("}")
+    return "".join(out)
 
 
 class EventLog:
@@ -171,6 +166,7 @@ class EventLog:
         self.queue_size = queue_size
         self._pending: deque[Any] = deque()
         self._wake = threading.Event()
+        self._urgent = max(1, queue_size // 2)
         self._thread: threading.Thread | None = None
         self._stamp = _Stamper()  # emitting thread only
         self._fd: int | None = None
@@ -186,10 +182,6 @@ class EventLog:
 
     # --- reactor side ---
 
-    def payload(self, data: bytes) -> _Payload:
-        """Wrap attacker bytes: logged as bounded hex plus ``<key>_len``."""
-        return _Payload(data, self.payload_bytes)
-
     def emit(self, eventid: str, where: Endpoint | None = None, **fields: Any) -> None:
         """Queue one event; never blocks, never raises for I/O reasons."""
         if eventid not in CATALOGUE:
@@ -201,9 +193,6 @@ class EventLog:
                 self._queue_dropped += 1
                 self.dropped_total += 1
             return
-        for key, value in fields.items():
-            if isinstance(value, bytes | bytearray | memoryview):
-                fields[key] = _Payload(bytes(value), self.payload_bytes)
         # Serialised here, on the emitting thread: a writer thread busy in
         # Python code would hold the GIL and stall the reactor for whole
         # switch intervals (milliseconds); the writer only joins and writes.
@@ -211,9 +200,10 @@ class EventLog:
             line = _serialise(
                 self._clock(),
                 eventid,
-                where.fields() if where else NO_ENDPOINT,
+                where.json if where else NO_ENDPOINT,
                 fields,
-                stamp=self._stamp,
+                self._stamp,
+                self.payload_bytes,
             )
         except Exception as e:  # a bad field must not take the caller down
             with self._lock:
@@ -222,6 +212,8 @@ class EventLog:
             self._warn(f"scriptgen: event log: cannot serialise {eventid}: {e}")
             return
         self._pending.append(line)
+        if len(self._pending) == self._urgent:
+            self._wake.set()  # filling up: write now rather than at the next poll
 
     def start(self) -> None:
         if self.path is None or self._thread is not None:
@@ -251,7 +243,9 @@ class EventLog:
     def _run(self) -> None:
         running = True
         while running:
-            if not self._pending:
+            if len(self._pending) < BATCH:
+                # Sleep even when a few events wait: writing in large, rare
+                # batches keeps this thread off the GIL while the reactor is busy.
                 self._wake.wait(POLL)
                 self._wake.clear()
             batch = []

@@ -48,6 +48,7 @@ class Rule:
     anchor: tuple[int, bytes] | None  # (offset, first bytes of a fixed region)
     tail_max: int | None  # max length of a final mutating region (None: ends fixed)
     literal: bytes | None  # the only request it accepts, when all regions are fixed
+    required: bytes  # its longest fixed region: a full or prefix match contains it
 
     def __repr__(self) -> str:
         return f"Rule({self.order}: {self.pattern.describe()} -> {self.target})"
@@ -168,6 +169,9 @@ class StateIndex:
                     anchor=_anchor(t.pattern),
                     tail_max=_tail_max(t.pattern),
                     literal=_literal(t.pattern),
+                    required=max(
+                        (r.fixed for r in t.pattern.regions if r.fixed), key=len, default=b""
+                    ),
                 )
             )
             t.pattern.compiled  # noqa: B018 - compile now (off the reactor thread), not at first use
@@ -205,6 +209,8 @@ class StateIndex:
     def best(self, data: bytes, cands: list[Rule] | None = None) -> Rule | None:
         """The most specific rule that fullmatches ``data`` (State.best_transition's answer)."""
         for rule in self.candidates(data) if cands is None else cands:
+            if rule.required not in data:  # cheap memmem before the regex
+                continue
             if rule.fullmatch(data):
                 return rule
         return None
@@ -220,6 +226,8 @@ class StateIndex:
     ) -> Iterator[tuple[Rule, int]]:
         """(rule, length) for rules that fullmatch a proper prefix of ``data``, best first."""
         for rule in self.candidates(data) if cands is None else cands:
+            if rule.required not in data:
+                continue
             n = rule.shortest_prefix(data)
             if n:
                 yield rule, n
