@@ -104,7 +104,8 @@ class _Half:
     def __init__(self) -> None:
         self.base: int | None = None
         self.off = 0
-        self.ooo: list[tuple[int, int, bytes, float, int]] = []
+        # (a list once something is buffered: most connections never need one)
+        self.ooo: list[tuple[int, int, bytes, float, int]] | tuple[()] = ()
         self.ooo_bytes = 0
         self.arrivals = 0
         self.fin: int | None = None  # stream offset of the FIN
@@ -174,10 +175,10 @@ class TcpConnection:
         self.halves = (_Half(), _Half())
         self.messages: list[Message] = []
         self.cur_dir = -1
-        self.cur_chunks: list[bytes] = []
+        self.cur_chunks: list[bytes] | tuple[()] = ()  # lists only while a message is open
         self.cur_len = 0
         self.cur_ts = ts
-        self.cur_gaps: list[tuple[int, int]] = []
+        self.cur_gaps: list[tuple[int, int]] | tuple[()] = ()
         self.fin_by: int | None = None
         self.rst_by: int | None = None
         self.syn_answer: int | None = None  # set when the handshake was answered by RST
@@ -288,6 +289,8 @@ class TcpConnection:
                 self._place(d, h, start, data, trunc, ts)
 
     def _buffer(self, d: int, h: _Half, start: int, data: bytes, trunc: int, ts: float) -> None:
+        if not h.ooo:
+            h.ooo = []
         h.arrivals += 1
         heappush(h.ooo, (start, h.arrivals, data, ts, trunc))
         h.ooo_bytes += len(data)
@@ -343,9 +346,7 @@ class TcpConnection:
             chunk = chunk[:room]
         h.kept += len(chunk)
         if self.cur_dir != d:
-            self._cut()
-            self.cur_dir = d
-            self.cur_ts = ts
+            self._start(d, ts)
         self.cur_chunks.append(chunk)
         self.cur_len += len(chunk)
 
@@ -355,9 +356,7 @@ class TcpConnection:
             return
         h.kept += _GAP_COST
         if self.cur_dir != d:
-            self._cut()
-            self.cur_dir = d
-            self.cur_ts = ts
+            self._start(d, ts)
         gaps = self.cur_gaps
         if gaps and gaps[-1][0] == self.cur_len:
             gaps[-1] = (self.cur_len, gaps[-1][1] + missing)
@@ -371,8 +370,16 @@ class TcpConnection:
                 Message(_DIRS[self.cur_dir], b"".join(self.cur_chunks), self.cur_ts, self.cur_gaps)
             )
         self.cur_dir = -1
-        self.cur_chunks = []
+        self.cur_chunks = ()
         self.cur_len = 0
+        self.cur_gaps = ()
+
+    def _start(self, d: int, ts: float) -> None:
+        """Begin a message of side ``d`` (the other side spoke last, or nobody yet)."""
+        self._cut()
+        self.cur_dir = d
+        self.cur_ts = ts
+        self.cur_chunks = []
         self.cur_gaps = []
 
     # ---------------------------------------------------------------- ending
