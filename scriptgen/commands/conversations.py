@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.udp_timeout <= 0:
+    if not args.udp_timeout > 0:  # also rejects nan
         print("scriptgen: --udp-timeout must be positive", file=sys.stderr)
         return 2
     out = sys.stdout
