@@ -3,14 +3,18 @@ linearly with the number of transitions at a state.
 
 Why: a state that leaves through hundreds of learned transitions (every SMB
 command, every FTP verb, microclusters of each) would otherwise run hundreds
-of regular expressions per request. Most patterns have a fixed region at a
-constant offset from the start (only fixed-length regions before it); the
-first bytes of the longest such region are the pattern's *anchor*. Each state keeps a dict per
-(offset, anchor length) from anchor bytes to the rules with that anchor, so a
-request only meets the rules whose anchor it actually carries, plus the few
-"floating" rules without a constant-offset anchor. Candidates are tried in
+of regular expressions per request. Each pattern gets an *anchor*: the first
+bytes of its longest fixed region at a constant offset (only fixed-length
+regions before it), or else of its first fixed region, whose offset varies
+within a small window when variable-length regions come first. Each state
+keeps one dict per anchor shape (offset window, key length) from key bytes
+to rules, so a request only meets the rules whose key it carries where the
+key must be, plus the few rules without an anchor. Candidates are tried in
 order of decreasing specificity (ties: transition order), so the first full
 match is the answer of ``State.best_transition`` and the search stops there.
+Cheap byte tests (``required`` region present, first fixed region inside its
+window) reject most remaining candidates before any regex runs, and each
+state remembers recent "where does the request end" decisions.
 
 The result must always equal ``State.best_transition`` (the model's matching
 function); the tests check that on random machines.
@@ -27,6 +31,7 @@ import regex
 from scriptgen.model import End, Machine, Pattern, State, Transition
 
 ANCHOR_BYTES = 16  # bytes of the anchoring fixed region used as the dict key
+MAX_WINDOW = 64  # largest offset range an anchor may float in and still be indexed
 CACHE_ENTRIES = 1024  # decisions remembered per state
 CACHE_MAX_REQUEST = 512  # only for buffers up to this size
 
@@ -45,10 +50,11 @@ class Rule:
     target: int
     specificity: int
     prefix_re: Any  # matches the shortest prefix of a buffer this pattern fullmatches
-    anchor: tuple[int, bytes] | None  # (offset, first bytes of a fixed region)
+    anchor: tuple[int, int, bytes] | None  # key bytes of a fixed region at offset lo..hi
     tail_max: int | None  # max length of a final mutating region (None: ends fixed)
     literal: bytes | None  # the only request it accepts, when all regions are fixed
     required: bytes  # its longest fixed region: a full or prefix match contains it
+    first: tuple[int, int, bytes] | None  # first fixed region and its possible offsets lo..hi
 
     def __repr__(self) -> str:
         return f"Rule({self.order}: {self.pattern.describe()} -> {self.target})"
@@ -66,10 +72,25 @@ class Rule:
         """The regex match (live values of the regions), for later stages."""
         return self.pattern.fullmatch(data)
 
+    def excluded(self, data: bytes) -> bool:
+        """Cheap proof that neither ``data`` nor anything it starts or could
+        become matches: the first fixed region is not where it must be.
+
+        Gives patterns without a constant-offset anchor (a variable-length
+        field first) a memmem-speed rejection instead of a regex run.
+        """
+        if self.first is None:
+            return False
+        lo, hi, fixed = self.first
+        end = hi + len(fixed)
+        return len(data) >= end and data.find(fixed, lo, end) == -1
+
     def could_extend(self, data: bytes) -> bool:
         """More bytes appended to ``data`` could make a match (``data`` is not one yet)."""
         if self.literal is not None:
             return len(data) < len(self.literal) and self.literal.startswith(data)
+        if self.excluded(data):
+            return False
         return self.pattern.could_extend(data)
 
     def tail_slack(self, data: bytes) -> bool:
@@ -109,6 +130,16 @@ def _prefix_regex(pattern: Pattern) -> Any:
     return regex.compile(b"(?s)" + b"".join(parts))
 
 
+def _first_fixed(pattern: Pattern) -> tuple[int, int, bytes] | None:
+    lo = hi = 0
+    for region in pattern.regions:
+        if region.fixed:
+            return (lo, hi, region.fixed)
+        lo += region.min_len
+        hi += region.max_len
+    return None
+
+
 def _literal(pattern: Pattern) -> bytes | None:
     if all(r.fixed is not None for r in pattern.regions):
         return b"".join(r.fixed for r in pattern.regions)  # type: ignore[misc]
@@ -122,19 +153,29 @@ def _tail_max(pattern: Pattern) -> int | None:
     return last.max_len if last.max_len > last.min_len else None
 
 
-def _anchor(pattern: Pattern) -> tuple[int, bytes] | None:
-    """The longest fixed region at a constant offset (only fixed-length regions
-    before it), as (offset, its first ANCHOR_BYTES bytes)."""
-    best: tuple[int, bytes] | None = None
+def _anchor(pattern: Pattern) -> tuple[int, int, bytes] | None:
+    """Where to look for a pattern's key bytes: (lo, hi, key).
+
+    Preferably the longest fixed region at a constant offset (lo == hi: only
+    fixed-length regions before it); otherwise the first fixed region, whose
+    offset varies within lo..hi when variable-length regions come first,
+    if that window is small. None: the rule is checked for every request.
+    """
+    best: tuple[int, int, bytes] | None = None
     offset = 0
     for region in pattern.regions:
-        if region.fixed is not None and region.fixed:
-            if best is None or len(region.fixed) > len(best[1]):
-                best = (offset, region.fixed[:ANCHOR_BYTES])
+        if region.fixed:
+            if best is None or len(region.fixed) > len(best[2]):
+                best = (offset, offset, region.fixed[:ANCHOR_BYTES])
         elif region.min_len != region.max_len:
             break
         offset += region.min_len
-    return best
+    if best is not None:
+        return best
+    first = _first_fixed(pattern)
+    if first is not None and first[1] - first[0] <= MAX_WINDOW:
+        return (first[0], first[1], first[2][:ANCHOR_BYTES])
+    return None
 
 
 @dataclass(slots=True, repr=False)
@@ -145,7 +186,7 @@ class StateIndex:
     answer: bytes
     end: End
     rules: list[Rule]
-    groups: list[tuple[int, int, dict[bytes, list[Rule]]]] = field(default_factory=list)
+    groups: list[tuple[int, int, int, dict[bytes, list[Rule]]]] = field(default_factory=list)
     floating: list[Rule] = field(default_factory=list)
     # Where a request ends depends only on (state, buffer, settled): scanners
     # repeat the same requests, so remember recent decisions.
@@ -169,6 +210,7 @@ class StateIndex:
                     anchor=_anchor(t.pattern),
                     tail_max=_tail_max(t.pattern),
                     literal=_literal(t.pattern),
+                    first=_first_fixed(t.pattern),
                     required=max(
                         (r.fixed for r in t.pattern.regions if r.fixed), key=len, default=b""
                     ),
@@ -176,40 +218,55 @@ class StateIndex:
             )
             t.pattern.compiled  # noqa: B018 - compile now (off the reactor thread), not at first use
         index = cls(state.id, state.answer, state.end, rules)
-        by_shape: dict[tuple[int, int], dict[bytes, list[Rule]]] = {}
+        by_shape: dict[tuple[int, int, int], dict[bytes, list[Rule]]] = {}
         for rule in sorted(rules, key=lambda r: r.sort_key):
             if rule.anchor is None:
                 index.floating.append(rule)
                 continue
-            offset, key = rule.anchor
-            by_shape.setdefault((offset, len(key)), {}).setdefault(key, []).append(rule)
-        index.groups = [(o, k, m) for (o, k), m in sorted(by_shape.items())]
+            lo, hi, key = rule.anchor
+            by_shape.setdefault((lo, hi, len(key)), {}).setdefault(key, []).append(rule)
+        index.groups = [(lo, hi, k, m) for (lo, hi, k), m in sorted(by_shape.items())]
         return index
 
     def candidates(self, data: bytes) -> list[Rule]:
         """Rules that could match ``data`` or a prefix/extension of it, best first."""
         found: list[Rule] = list(self.floating)
-        several = False
-        for offset, size, table in self.groups:
-            if len(data) >= offset + size:
-                hit = table.get(data[offset : offset + size])
-                if hit:
-                    several = several or bool(found)
-                    found.extend(hit)
-            else:  # partial request: the anchor is not all there yet
-                seen = data[offset:]
+        parts = 1 if found else 0
+        n = len(data)
+        for lo, hi, size, table in self.groups:
+            if n >= hi + size:  # every place the key could be is there: look it up
+                if lo == hi:
+                    hit = table.get(data[lo : lo + size])
+                    if hit:
+                        found.extend(hit)
+                        parts += 1
+                    continue
+                seen: set[bytes] = set()
+                for offset in range(lo, hi + 1):
+                    key = data[offset : offset + size]
+                    hit = table.get(key)
+                    if hit and key not in seen:
+                        seen.add(key)
+                        found.extend(hit)
+                        parts += 1
+            elif lo == hi:  # partial request: keys that what arrived could still become
+                head = data[lo:]
                 for key, rules in table.items():
-                    if key.startswith(seen):
-                        several = several or bool(found)
+                    if key.startswith(head):
                         found.extend(rules)
-        if several:
+                        parts += 1
+            else:
+                for rules in table.values():
+                    found.extend(rules)
+                    parts += 1
+        if parts > 1:
             found.sort(key=lambda r: r.sort_key)
         return found
 
     def best(self, data: bytes, cands: list[Rule] | None = None) -> Rule | None:
         """The most specific rule that fullmatches ``data`` (State.best_transition's answer)."""
         for rule in self.candidates(data) if cands is None else cands:
-            if rule.required not in data:  # cheap memmem before the regex
+            if rule.required not in data or rule.excluded(data):  # memmem before regex
                 continue
             if rule.fullmatch(data):
                 return rule
@@ -226,7 +283,7 @@ class StateIndex:
     ) -> Iterator[tuple[Rule, int]]:
         """(rule, length) for rules that fullmatch a proper prefix of ``data``, best first."""
         for rule in self.candidates(data) if cands is None else cands:
-            if rule.required not in data:
+            if rule.required not in data or rule.excluded(data):
                 continue
             n = rule.shortest_prefix(data)
             if n:
