@@ -298,7 +298,7 @@ def ftp_round(i: int) -> dict[str, Any]:
 
 def ftp_cli_round(i: int) -> dict[str, Any]:
     """The ftp client (no source choice: 127.0.0.1) listing or fetching through the emulator."""
-    cmds = (["ls"], ["get readme.txt -"])[i % 2]
+    cmds = (["ls"], ["get readme.txt -"])[(i // 4) % 2]
     r = ftp_cli(EMU, FTP_PORT, cmds)
     return {"kind": "ftp", "commands": cmds, "ok": ftp_ok("ftp", {}, r), "out": r.stdout[-300:]}
 
