@@ -172,6 +172,7 @@ def test_widening_takes_a_longer_value_of_a_known_field():
     assert replay(machine, Suffix((Turn(b"USER user12345\r\n", b""),))) == (1, None)
     assert machine.states[0].bucket == []
     # Beyond the slack (here 8 bytes) it is new data, not a near miss.
+    learner.options = LearnOptions(regeneralise=False)
     learner.add([dialog([(b"USER user" + b"x" * 40 + b"\r\n", b"")])])
     assert learner.refine()[0].widened == 0
     assert len(machine.states[0].bucket) == 1
@@ -179,7 +180,7 @@ def test_widening_takes_a_longer_value_of_a_known_field():
 
 def test_widening_can_be_switched_off():
     machine = Machine("tcp", 21)
-    learner = Learner(machine, make_standin(), LearnOptions(widen=False))
+    learner = Learner(machine, make_standin(), LearnOptions(widen=False, regeneralise=False))
     learner.add(figure6_flows(5))
     learner.refine()
     learner.add([dialog([(b"USER user12345\r\n", b"331 pw?\r\n")])])
@@ -233,3 +234,71 @@ def test_tiny_inputs_learn_nothing_and_keep_the_data(n):
     learner.refine()
     assert machine.states[0].transitions == []
     assert len(machine.states[0].bucket) == n
+
+
+def test_regeneralise_joins_new_requests_to_the_state_of_their_kind():
+    """A then B: B's single long USER cannot form a cluster alone, but with the
+    remembered USER examples it does, and it leads to the USER state, whose
+    learned continuation then takes the rest of B's dialog (as A+B would)."""
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin())
+    learner.add(figure6_flows(5))
+    learner.refine()
+    (user,) = machine.states[0].transitions
+    assert machine.provenance["examples"]["0:0"][0] == (b"USER user0\r\n").hex()
+    # a new Learner (as in a second training run) reads the examples back from the machine
+    learner = Learner(machine, make_standin())
+    long_user = b"USER " + b"y" * 60 + b"\r\n"
+    b = dialog([(long_user, b"331 pw?\r\n"), (b"PASS secret001\r\n", b"230 ok\r\n")])
+    learner.add([b])
+    learner.refine()
+    root = machine.states[0]
+    assert len(root.transitions) == 2 and root.transitions[1].target == user.target
+    assert replay(machine, b.suffix) == (2, None)
+    assert all(not s.bucket for s in machine.states.values())
+
+
+def test_regeneralise_off_keeps_the_lone_request_in_the_bucket():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(), LearnOptions(regeneralise=False))
+    learner.add(figure6_flows(5))
+    learner.refine()
+    learner.add([dialog([(b"USER " + b"y" * 60 + b"\r\n", b"")])])
+    learner.refine()
+    assert len(machine.states[0].transitions) == 1 and len(machine.states[0].bucket) == 1
+
+
+def test_a_cluster_that_would_merge_two_known_transitions_is_not_taken():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(key_len=1))
+    learner.add([dialog([(b"AAAA%d" % i, b"a")]) for i in range(3)])
+    learner.add([dialog([(b"ABBB%d" % i, b"b")]) for i in range(3)])
+    learner.refine()
+    assert len(machine.states[0].transitions) == 1  # the stand-in groups by first byte
+    machine2 = Machine("tcp", 21)
+    l2 = Learner(machine2, make_standin(key_len=4))
+    l2.add([dialog([(b"AAAA%d" % i, b"a")]) for i in range(3)])
+    l2.add([dialog([(b"ABBB%d" % i, b"b")]) for i in range(3)])
+    l2.refine()
+    assert len(machine2.states[0].transitions) == 2
+    # Now a key_len=1 analysis sees one lone "AC.." with examples of both: it would
+    # join both known transitions in one cluster, so it is analysed alone (and stays).
+    l3 = Learner(machine2, make_standin(key_len=1))
+    l3.add([dialog([(b"ACCC1", b"c")])])
+    l3.refine()
+    assert len(machine2.states[0].transitions) == 2
+    assert [s.turns[0].request for s in machine2.states[0].bucket] == [b"ACCC1"]
+
+
+def test_examples_are_bounded_and_ignored_when_stale():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(), LearnOptions(max_examples=3, max_example_bytes=12))
+    learner.add(figure6_flows(10))
+    learner.refine()
+    table = machine.provenance["examples"]
+    assert all(len(v) <= 3 for v in table.values())
+    assert all(len(bytes.fromhex(h)) <= 12 for v in table.values() for h in v)
+    table["0:0"] = ["zz", (b"NOT A USER").hex(), (b"USER user7\r\n").hex()]
+    fresh = Learner(machine, make_standin())
+    (t,) = machine.states[0].transitions
+    assert fresh.examples_of(t) == [b"USER user7\r\n"]

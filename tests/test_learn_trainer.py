@@ -137,7 +137,17 @@ def accepted(machine, dialogs) -> set[str]:
     return {d.suffix.origin for d in dialogs if replay(machine, d.suffix)[1] is None}
 
 
-def check_incremental(tmp_path, convs_a, convs_b, key, analyser, options) -> tuple[int, int]:
+def check_incremental(
+    tmp_path, convs_a, convs_b, key, analyser, options, tolerance: float = 0.0
+) -> tuple[int, int]:
+    """Train A+B at once, and A then B; the second must accept what the first accepts.
+
+    ``tolerance``: fraction of the dialogs the joint model may accept and the
+    incremental one not. Clustering with a size threshold is not exactly
+    incremental (a cluster found in A+B may be split between A and B), so the
+    real analysis with its defaults gets a small tolerance; with every cluster
+    kept, and with the stand-in, the inclusion is exact.
+    """
     train(convs_a + convs_b, tmp_path / "ab", options, analyser=analyser)
     train(convs_a, tmp_path / "inc", options, analyser=analyser)
     train(convs_b, tmp_path / "inc", options, analyser=analyser)
@@ -145,28 +155,40 @@ def check_incremental(tmp_path, convs_a, convs_b, key, analyser, options) -> tup
     inc = load_model_dir(tmp_path / "inc")[key]
     dialogs = dialogs_of(convs_a + convs_b, key)
     acc_joint, acc_inc = accepted(joint, dialogs), accepted(inc, dialogs)
-    assert acc_joint <= acc_inc, sorted(acc_joint - acc_inc)[:5]
+    missing = sorted(acc_joint - acc_inc)
+    assert len(missing) <= tolerance * len(dialogs), missing[:5]
     return len(acc_joint), len(acc_inc)
 
 
-@pytest.mark.parametrize("kind", ANALYSERS)
+INCREMENTAL_KINDS = {  # kind -> (analysis, region options, tolerance)
+    "standin": ("standin", {}, 0.0),
+    "real-defaults": ("real", {}, 0.05),
+    "real-keep-all": ("real", {"min_cluster_size": 1}, 0.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INCREMENTAL_KINDS))
 @pytest.mark.parametrize(
     "name,key",
     [("ftp.pcap", ("tcp", 21)), ("smb445.pcap", ("tcp", 445)), ("redis.pcap", ("tcp", 6379))],
 )
 def test_a_then_b_accepts_what_a_plus_b_accepts(tmp_path, kind, name, key):
-    analyser, options = analysis(kind)
+    which, region, tolerance = INCREMENTAL_KINDS[kind]
+    analyser, options = analysis(which, **region)
     convs = read(name)
     half = len(convs) // 2
-    n_joint, n_inc = check_incremental(tmp_path, convs[:half], convs[half:], key, analyser, options)
+    n_joint, n_inc = check_incremental(
+        tmp_path, convs[:half], convs[half:], key, analyser, options, tolerance
+    )
     assert n_joint > 0
 
 
-@pytest.mark.parametrize("kind", ANALYSERS)
+@pytest.mark.parametrize("kind", sorted(INCREMENTAL_KINDS))
 def test_incremental_across_files_on_the_same_port(tmp_path, kind):
-    analyser, options = analysis(kind)
+    which, region, tolerance = INCREMENTAL_KINDS[kind]
+    analyser, options = analysis(which, **region)
     a, b = read("smb139.pcap"), read("lsarpc139.pcap")
-    n_joint, _ = check_incremental(tmp_path, a, b, ("tcp", 139), analyser, options)
+    n_joint, _ = check_incremental(tmp_path, a, b, ("tcp", 139), analyser, options, tolerance)
     assert n_joint > 0
 
 

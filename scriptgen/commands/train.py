@@ -76,6 +76,8 @@ def register(subparsers: Any) -> None:
                 metavar="yes|no",
                 help=f"default {default}",
             )
+        elif isinstance(default, str):
+            r.add_argument(_flag(f.name), default=None, metavar="NAME", help=f"default {default}")
         elif kind is not None:
             r.add_argument(
                 _flag(f.name), type=kind, default=None, metavar="X", help=f"default {default}"

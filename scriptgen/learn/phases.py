@@ -18,6 +18,7 @@ same code path: load, update with the new dialogs, refine.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -48,6 +49,10 @@ class LearnOptions:
     max_iterations: int = 1024  # refinement steps per training run (≥ dialog depth)
     widen: bool = True  # let a transition's mutating lengths grow to take near misses
     widen_slack: int = 8  # a mutating region may grow by max(slack, its max length) per step
+    # Analyse bucket requests together with examples of the known transitions.
+    regeneralise: bool = True
+    max_examples: int = 8  # distinct requests remembered per transition (for regeneralise)
+    max_example_bytes: int = 4096  # longer requests are not remembered
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +86,8 @@ class Learner:
         # Every non-empty bucket is worth one look: the options or the new data may differ.
         self.dirty: set[int] = {s.id for s in machine.states.values() if s.bucket}
         self.iterations = 0
+        # id(transition) -> (transition, example requests); persisted by sync().
+        self.examples: dict[int, tuple[Transition, list[bytes]]] = load_examples(machine)
 
     # -- update phase -------------------------------------------------------
 
@@ -90,6 +97,11 @@ class Learner:
         for dialog in dialogs:
             self._arrive(root, dialog.banner)
             self._feed(root, dialog.suffix, refeed_of=None)
+        self.sync()
+
+    def sync(self) -> None:
+        """Write the remembered examples into the machine (deterministic order)."""
+        store_examples(self.machine, self.examples)
 
     def _arrive(self, state: State, answer: bytes) -> None:
         state.samples += 1
@@ -110,10 +122,23 @@ class Learner:
                 return
             transition = hit[0]
             transition.samples += 1
+            self._remember(transition, turn.request)
             state = self.machine.states[transition.target]
             self._arrive(state, turn.answer)
         key = suffix.end.value if suffix.end is not None else "client"
         state.ends[key] = state.ends.get(key, 0) + 1
+
+    def _remember(self, transition: Transition, request: bytes) -> None:
+        entry = self.examples.get(id(transition))
+        if entry is None:
+            entry = self.examples[id(transition)] = (transition, [])
+        kept = entry[1]
+        if (
+            len(kept) < self.options.max_examples
+            and len(request) <= self.options.max_example_bytes
+            and request not in kept
+        ):
+            kept.append(request)
 
     def _bucket(self, state: State, suffix: Suffix, dirty: bool) -> None:
         if len(state.bucket) >= self.options.max_bucket:
@@ -158,36 +183,110 @@ class Learner:
             reports.append(report)
             if on_step is not None:
                 on_step(report)
+        self.sync()
         return reports
 
-    def _grow(self, state: State) -> list[Transition]:
-        """Region analysis on the unmatched first requests of the bucket → new transitions."""
-        requests = [
+    def _grow(self, state: State) -> list[tuple[Transition, bool]]:
+        """Region analysis on the unmatched first requests of the bucket → new transitions.
+
+        With ``regeneralise``, examples of the requests each existing
+        transition already takes are analysed together with the bucket: a
+        cluster that joins new requests with one transition's stand-ins is a
+        wider form of that transition and leads to *its* state (as training
+        on all the data at once would have), instead of starting a new
+        subtree that splits the samples below the cluster-size threshold.
+        Returns (transition, made a new state) pairs.
+        """
+        pending = [
             s.turns[0].request
             for s in state.bucket
             if state.best_transition(s.turns[0].request) is None
         ]
-        if not requests:
+        if not pending:
             return []
-        clusters = sorted(self.analyser(requests), key=lambda c: min(c.members, default=0))
-        existing = {t.pattern for t in state.transitions}
-        created = []
-        for cluster in clusters:
-            if cluster.pattern in existing:
-                continue
-            existing.add(cluster.pattern)
-            target = self.machine.new_state()
-            transition = Transition(cluster.pattern, target.id)
-            state.transitions.append(transition)
-            created.append(transition)
+        exemplars: list[bytes] = []
+        owners: list[Transition] = []
+        if self.options.regeneralise:
+            for t in state.transitions:
+                for e in self.examples_of(t):
+                    exemplars.append(e)
+                    owners.append(t)
+        created: list[tuple[Transition, bool]] = []
+        taken = self._add_clusters(state, pending, exemplars, owners, created)
+        if exemplars:
+            # Requests whose cluster mixed several known transitions: plain analysis.
+            rest = [r for i, r in enumerate(pending) if i not in taken]
+            if rest:
+                self._add_clusters(state, rest, [], [], created)
         return created
 
-    def _prune(self, state: State, created: list[Transition]) -> int:
+    def _add_clusters(
+        self,
+        state: State,
+        pending: list[bytes],
+        exemplars: list[bytes],
+        owners: list[Transition],
+        created: list[tuple[Transition, bool]],
+    ) -> set[int]:
+        """Analyse ``pending`` (+ stand-ins), add the transitions; returns the pending indices used."""
+        n = len(pending)
+        clusters = sorted(
+            self.analyser(pending + exemplars), key=lambda c: min(c.members, default=0)
+        )
+        existing = {t.pattern for t in state.transitions}
+        everyone = [e for t in state.transitions for e in self.examples_of(t)]
+        everyone_owner = [t for t in state.transitions for _ in self.examples_of(t)]
+        taken: set[int] = set()
+        for cluster in clusters:
+            new = [i for i in cluster.members if i < n]
+            if cluster.pattern in existing or not new:
+                continue
+            joined = {id(owners[i - n]): owners[i - n] for i in cluster.members if i >= n}
+            if len(joined) > 1:
+                continue  # would merge distinct known transitions
+            owner = next(iter(joined.values()), None)
+            if self._steals(cluster.pattern, owner, everyone, everyone_owner):
+                continue
+            existing.add(cluster.pattern)
+            if owner is not None:
+                transition = Transition(cluster.pattern, owner.target)
+            else:
+                transition = Transition(cluster.pattern, self.machine.new_state().id)
+            state.transitions.append(transition)
+            created.append((transition, owner is None))
+            taken.update(new)
+        return taken
+
+    def examples_of(self, transition: Transition) -> list[bytes]:
+        """Requests the transition took; stand-ins made from its pattern when none were kept."""
+        entry = self.examples.get(id(transition))
+        if entry is not None and entry[1]:
+            return entry[1]
+        return _exemplars(transition.pattern)
+
+    @staticmethod
+    def _steals(
+        pattern: Pattern,
+        owner: Transition | None,
+        exemplars: list[bytes],
+        owners: list[Transition],
+    ) -> bool:
+        """True when ``pattern`` would take requests another transition takes now."""
+        for e, t in zip(exemplars, owners, strict=True):
+            if t is owner or pattern.specificity <= t.pattern.specificity:
+                continue
+            if pattern.fullmatch(e) is not None:
+                return True
+        return False
+
+    def _prune(self, state: State, created: list[tuple[Transition, bool]]) -> int:
         """Drop new transitions that no request took (a cluster shadowed by a more specific one)."""
-        unused = [t for t in created if t.samples == 0]
-        for t in unused:
+        unused = [(t, fresh) for t, fresh in created if t.samples == 0]
+        for t, fresh in unused:
             state.transitions.remove(t)
-            del self.machine.states[t.target]
+            self.examples.pop(id(t), None)
+            if fresh:
+                del self.machine.states[t.target]
         return len(unused)
 
     def _widen(self, state: State) -> int:
@@ -256,6 +355,76 @@ def _widened(pattern: Pattern, match: regex.Match) -> Pattern:
         n = match.end(i) - match.start(i)
         regions.append(Region.mutating(min(r.min_len, n), max(r.max_len, n)))
     return Pattern(tuple(regions))
+
+
+EXAMPLES_KEY = "examples"  # provenance: example requests per transition, "state:index" -> [hex]
+
+
+def load_examples(machine: Machine) -> dict[int, tuple[Transition, list[bytes]]]:
+    """The remembered example requests of each transition.
+
+    They live in the machine's provenance (the model has no per-transition
+    field for them yet), keyed by "state:transition index" and checked
+    against the pattern, so a stale or edited entry is ignored, not trusted.
+    """
+    table = machine.provenance.get(EXAMPLES_KEY)
+    out: dict[int, tuple[Transition, list[bytes]]] = {}
+    if not isinstance(table, dict):
+        return out
+    for state in machine.states.values():
+        for i, t in enumerate(state.transitions):
+            raw = table.get(f"{state.id}:{i}")
+            if not isinstance(raw, list):
+                continue
+            kept = []
+            for h in raw:
+                try:
+                    req = bytes.fromhex(h)
+                except (TypeError, ValueError):
+                    continue
+                if t.pattern.fullmatch(req) is not None:
+                    kept.append(req)
+            out[id(t)] = (t, kept)
+    return out
+
+
+def store_examples(machine: Machine, examples: dict[int, tuple[Transition, list[bytes]]]) -> None:
+    table: dict[str, list[str]] = {}
+    for sid in sorted(machine.states):
+        for i, t in enumerate(machine.states[sid].transitions):
+            entry = examples.get(id(t))
+            if entry is not None and entry[0] is t and entry[1]:
+                table[f"{sid}:{i}"] = [e.hex() for e in entry[1]]
+    if table:
+        machine.provenance[EXAMPLES_KEY] = table
+    else:
+        machine.provenance.pop(EXAMPLES_KEY, None)
+
+
+def _exemplars(pattern: Pattern) -> list[bytes]:
+    """Requests ``pattern`` takes, as stand-ins for the samples it was learned from
+    (the model keeps no request bytes): fixed regions as learned, mutating ones
+    filled with deterministic noise of their shortest and longest length."""
+    lengths = {tuple(r.min_len for r in pattern.regions), tuple(r.max_len for r in pattern.regions)}
+    out = []
+    for sizes in sorted(lengths):
+        parts = []
+        for k, (r, size) in enumerate(zip(pattern.regions, sizes, strict=True)):
+            if r.fixed is not None:
+                parts.append(r.fixed)
+            else:
+                parts.append(_noise(k, size))
+        out.append(b"".join(parts))
+    return out
+
+
+def _noise(seed: int, size: int) -> bytes:
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(b"%d:%d" % (seed, counter)).digest()
+        counter += 1
+    return bytes(out[:size])
 
 
 def replay(machine: Machine, suffix: Suffix) -> tuple[int, int | None]:
