@@ -115,7 +115,11 @@ def write_capture(path: Path, packets: int, connections: int, seed: int = 1) -> 
 
 
 def child(mode: str, path: str) -> None:
-    """Run one measurement in this (fresh) process and print 'seconds rss_kib count'."""
+    """Run one measurement in this (fresh) process; print 'wall cpu rss_kib count'.
+
+    CPU seconds (user + system) are printed too because the wall time of a
+    run on a shared machine says as much about the neighbours as about us.
+    """
     sys.path.insert(0, str(ROOT))
     start = time.perf_counter()
     count = 0
@@ -139,14 +143,12 @@ def child(mode: str, path: str) -> None:
     else:
         raise SystemExit(f"unknown mode {mode}")
     elapsed = time.perf_counter() - start
-    if mode == "tshark":
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    else:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{elapsed:.4f} {rss} {count}")
+    who = resource.RUSAGE_CHILDREN if mode == "tshark" else resource.RUSAGE_SELF
+    use = resource.getrusage(who)
+    print(f"{elapsed:.4f} {use.ru_utime + use.ru_stime:.4f} {use.ru_maxrss} {count}")
 
 
-def measure(mode: str, path: Path) -> tuple[float, int, int] | None:
+def measure(mode: str, path: Path) -> tuple[float, float, int, int] | None:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(path)],
         capture_output=True,
@@ -155,8 +157,8 @@ def measure(mode: str, path: Path) -> tuple[float, int, int] | None:
     if proc.returncode != 0:
         print(f"  [{mode}] failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
-    secs, rss, count = proc.stdout.split()
-    return float(secs), int(rss), int(count)
+    secs, cpu, rss, count = proc.stdout.split()
+    return float(secs), float(cpu), int(rss), int(count)
 
 
 def pipeline_available() -> bool:
@@ -207,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                 res = measure(mode, path)
                 if res is not None:
                     rows.append((mode, written, size, *res))
-                    print(f"  {mode:8s} {res[0]:7.2f}s  rss {res[1] / 1024:6.1f} MiB", flush=True)
+                    print(
+                        f"  {mode:8s} wall {res[0]:7.2f}s cpu {res[1]:7.2f}s "
+                        f"rss {res[2] / 1024:6.1f} MiB",
+                        flush=True,
+                    )
             if not args.keep:
                 path.unlink()
         print_table(rows)
@@ -217,23 +223,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_table(rows: list[tuple[str, int, int, float, int, int]]) -> None:
-    tshark = {pk: secs for mode, pk, _s, secs, _r, _c in rows if mode == "tshark"}
+def print_table(rows: list[tuple[str, int, int, float, float, int, int]]) -> None:
+    tshark = {pk: (secs, cpu) for mode, pk, _s, secs, cpu, _r, _c in rows if mode == "tshark"}
     print()
     header = (
-        f"{'what':9s} {'packets':>9s} {'MB':>7s} {'wall s':>7s} {'pkt/s':>9s} "
-        f"{'MB/s':>6s} {'peak RSS':>9s} {'items':>8s} {'vs tshark':>9s}"
+        f"{'what':9s} {'packets':>9s} {'MB':>7s} {'wall s':>7s} {'cpu s':>7s} "
+        f"{'pkt/s':>9s} {'MB/s':>6s} {'peak RSS':>9s} {'items':>8s} {'vs tshark':>15s}"
     )
     print(header)
     print("-" * len(header))
-    for mode, pk, size, secs, rss, count in rows:
-        ratio = f"{tshark[pk] / secs:8.2f}x" if pk in tshark else "-"
+    for mode, pk, size, secs, cpu, rss, count in rows:
+        ratio = "-"
+        if pk in tshark:
+            ratio = f"{tshark[pk][0] / secs:5.1f}x /{tshark[pk][1] / cpu:5.1f}x"
         items = "-" if mode == "tshark" else str(count)
         print(
-            f"{mode:9s} {pk:9d} {size / 1e6:7.1f} {secs:7.2f} {pk / secs:9.0f} "
-            f"{size / 1e6 / secs:6.1f} {rss / 1024:7.1f}Mi {items:>8s} {ratio:>9s}"
+            f"{mode:9s} {pk:9d} {size / 1e6:7.1f} {secs:7.2f} {cpu:7.2f} {pk / cpu:9.0f} "
+            f"{size / 1e6 / cpu:6.1f} {rss / 1024:7.1f}Mi {items:>8s} {ratio:>15s}"
         )
-    print("(vs tshark: tshark wall time / this row's wall time; >1 means faster than tshark)")
+    print(
+        "pkt/s and MB/s per CPU second; vs tshark = tshark's wall / this wall, "
+        "then tshark's CPU / this CPU (>1: faster than tshark)"
+    )
 
 
 if __name__ == "__main__":
