@@ -141,9 +141,35 @@ def _describe(path: str, st: TsharkStream, ep: tuple[str, int], ours: bytes, the
     )
 
 
+SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
+
+
+def check_shape(conv: object, st: TsharkStream) -> str | None:
+    """Who opened the connection and how it ended must agree with tshark's packets.
+
+    Only implications are checked (the reader's claim needs tshark's evidence):
+    a stream whose first packet is a bare SYN was opened by that packet's sender;
+    'reset'/'refused' need a RST; 'closed' needs a FIN.
+    """
+    client = (conv.client.ip, conv.client.port)  # type: ignore[attr-defined]
+    if st.nodes is not None and st.first_flags & (SYN | ACK) == SYN and client != st.nodes[0]:
+        return f"client is {client}, tshark's first packet is a SYN from {st.nodes[0]}"
+    outcome = getattr(getattr(conv, "outcome", None), "value", "")
+    if outcome in ("reset", "refused") and not st.flags_seen & RST:
+        return f"outcome {outcome!r} but tshark saw no RST"
+    if outcome == "closed" and not st.flags_seen & FIN:
+        return "outcome 'closed' but tshark saw no FIN"
+    return None
+
+
 def compare_pair(path: str, conv: object, st: TsharkStream, rep: FileReport) -> None:
     """Compare one matched connection, both directions, and record the result."""
     from scriptgen.trace import Direction
+
+    shape = check_shape(conv, st)
+    if shape is not None:
+        rep.mismatches.append(f"{path} tcp.stream={st.index}: {shape}")
+        return
 
     ours = {
         (conv.client.ip, conv.client.port): conv.bytes_of(Direction.CLIENT),  # type: ignore[attr-defined]

@@ -56,6 +56,14 @@ def wait_tcp(addr: str, port: int, timeout: float, proc: subprocess.Popen | None
             time.sleep(0.05)
 
 
+def _accepts(addr: str, port: int) -> bool:
+    try:
+        with socket.create_connection((addr, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def _pids_matching(needle: str, pgid: int | None) -> list[int]:
     """Processes whose command line mentions ``needle`` or whose group is ``pgid``."""
     found: list[int] = []
@@ -110,11 +118,19 @@ class Daemon:
     def wait_ready(self) -> None:
         wait_tcp(self.addr, self.port, self.start_timeout, self.proc)
 
+    def ports_in_use(self) -> list[int]:
+        """TCP ports this server needs; they must be free before it starts."""
+        return [self.port] if self.port else []
+
     # -- life cycle --------------------------------------------------------
     def start(self) -> Daemon:
         binary = self.command(Path("/nonexistent"))[0]
         if shutil.which(binary) is None:
             raise LabError(f"{binary} is not installed")
+        busy = [p for p in self.ports_in_use() if _accepts(self.addr, p)]
+        if busy:
+            # Otherwise wait_ready() would happily talk to someone else's server.
+            raise LabError(f"{self.name}: {self.addr} port(s) {busy} already in use")
         self.tmp = Path(tempfile.mkdtemp(prefix=f"sglab-{self.name}-"))
         self.tmp.chmod(0o755)  # daemons drop privileges and must still read it
         try:
@@ -129,6 +145,9 @@ class Daemon:
                 cwd=self.tmp,
             )
             self.wait_ready()
+            time.sleep(0.05)
+            if self.proc.poll() is not None:
+                raise LabError(f"exited with status {self.proc.returncode} right after start")
         except BaseException as exc:
             tail = self.output_tail()
             self.stop()

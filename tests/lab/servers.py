@@ -190,6 +190,9 @@ class SambaServer(Daemon):
         for port in self.ports:
             wait_tcp(self.addr, port, self.start_timeout, self.proc)
 
+    def ports_in_use(self) -> list[int]:
+        return self.ports
+
 
 def have(binary: str) -> bool:
     """Whether a lab binary is installed (for skip decisions)."""

@@ -47,6 +47,7 @@ class TsharkStream:
     packets: int = 0
     first_flags: int = 0
     first_time: float = 0.0
+    flags_seen: int = 0  # OR of the TCP flags of all its packets
     protocols: set[str] = field(default_factory=set)
     truncated: bool = False  # some frame shorter than on the wire (snaplen)
 
@@ -96,6 +97,10 @@ def _parse_packet_line(line: str, streams: dict[int, TsharkStream]) -> None:
         except ValueError:
             st.first_time = 0.0
     st.packets += 1
+    try:
+        st.flags_seen |= int(parts[2], 16) if parts[2] else 0
+    except ValueError:
+        pass
     st.protocols.update(parts[1].split(":"))
     if parts[3] and parts[4] and parts[3] != parts[4]:
         st.truncated = True
