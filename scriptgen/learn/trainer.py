@@ -19,6 +19,7 @@ from typing import Any
 
 from scriptgen import __version__
 from scriptgen.learn.consolidate import consolidate
+from scriptgen.learn.content import infer_dependencies
 from scriptgen.learn.dialog import Dialog, DialogStats, group_dialogs
 from scriptgen.learn.phases import Analyser, Learner, LearnOptions, StepReport
 from scriptgen.model import Machine, load_model_dir, save_machine
@@ -103,13 +104,15 @@ def learn_machine(
     analyser: Analyser | None = None,
     on_step: Callable[[StepReport], None] | None = None,
 ) -> int:
-    """Update ``machine`` with ``dialogs``, refine until stable, consolidate; returns the step count."""
+    """Update ``machine`` with ``dialogs``, refine until stable, consolidate, infer the
+    content dependencies (from these dialogs: past ones are not kept); returns the step count."""
     learner = Learner(
         machine, analyser or default_analyser(options.region_options()), options.learn
     )
     learner.add(dialogs)
     steps = learner.refine(on_step)
     consolidate(machine)
+    infer_dependencies(machine, dialogs)
     return len(steps)
 
 
