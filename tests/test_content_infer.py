@@ -88,6 +88,7 @@ def test_copy_from_current_request_found_and_applied() -> None:
             "anchor": "start",
             "offset": 0,
             "order": "same",
+            "groups": 3,
         }
     ]
     assert live(m, [b"ID\xaa\xbbEND"]) == [b"OK\xaa\xbb!"]
@@ -144,6 +145,7 @@ def test_value_copied_from_two_requests_back() -> None:
             "anchor": "start",
             "offset": 0,
             "order": "same",
+            "groups": 3,
         }
     ]
     got = live(m, [b"HELLO wxyz\n", b"NEXT", b"LAST"])
@@ -251,6 +253,29 @@ def test_link_borrowed_by_a_state_with_too_few_samples() -> None:
     lonely = m.states[3].dependencies
     assert len(lonely) == 1 and lonely[0]["borrowed"] and lonely[0]["at"] == 0
     assert live(m, [b"\x99\x98cccc"]) == [b"\x99\x98CCCC"]
+
+
+def test_state_reached_by_two_paths() -> None:
+    """Two transitions with different patterns lead to one state: only what every path
+    shares is linked, and a link learned on one pattern is not applied to the other."""
+    m = Machine("tcp", 9000)
+    root, target = m.states[m.root], m.new_state()
+    short = Pattern((fx(b"A"), mu(2), fx(b"!")))
+    longer = Pattern((fx(b"B"), mu(1), fx(b"-"), mu(2), fx(b"!")))
+    root.transitions += [Transition(short, target.id), Transition(longer, target.id)]
+    rng = random.Random(2)
+    turns = []
+    for k in range(8):
+        v = rng.randbytes(2)
+        req = b"A" + v + b"!" if k % 2 else b"Bx-" + v + b"!"
+        turns.append([(req, b"=" + v)])
+    learn(m, dialogs(turns))
+    assert m.states[1].dependencies == []  # region numbers differ between the paths
+    dep = {"kind": "copy", "at": 1, "len": 2, "request": 0, "region": 1, "offset": 0, "groups": 3}
+    m.states[1].dependencies = [dep]
+    m.states[1].answer = b"=??"
+    assert live(m, [b"A\x01\x02!"]) == [b"=\x01\x02"]
+    assert live(m, [b"Bx-\x01\x02!"]) == [b"=??"]  # 5 groups: not the learned pattern
 
 
 def test_without_enough_evidence_old_dependencies_are_kept() -> None:

@@ -40,15 +40,20 @@ class History:
     def answer(self, data: bytes) -> None:
         self.answers.append(data)
 
-    def region(self, back: int, region: int) -> bytes | None:
-        """The live bytes of a region of the request ``back`` turns ago (0: current)."""
+    def region(self, back: int, region: int, groups: int | None = None) -> bytes | None:
+        """The live bytes of a region of the request ``back`` turns ago (0: current).
+
+        ``groups``: the number of regions of the pattern the link was learned on;
+        a request that reached the state by another path (another pattern) has
+        no such region and yields None.
+        """
         if back < 0 or back >= len(self.requests):
             return None
         data, match = self.requests[-1 - back]
         if callable(match):
             match = match()
             self.requests[-1 - back] = (data, match)
-        if match is None:
+        if match is None or (groups is not None and match.re.groups != groups):
             return None
         try:
             start, end = match.start(region + 1), match.end(region + 1)
@@ -81,7 +86,7 @@ class Rewriter:
             try:
                 kind = dep.get("kind")
                 if kind == "copy-region":
-                    value = history.region(-int(dep["request"]), int(dep["region"]))
+                    value = history.region(-int(dep["request"]), int(dep["region"]), _groups(dep))
                     at, n = int(dep["at"]), int(dep["len"])
                     if value is not None and 0 <= at and at + n <= len(template):
                         varcopies.append((at, n, value))
@@ -135,7 +140,7 @@ class Rewriter:
 
 
 def _copied(dep: dict[str, Any], history: History, n: int) -> bytes | None:
-    value = history.region(-int(dep["request"]), int(dep["region"]))
+    value = history.region(-int(dep["request"]), int(dep["region"]), _groups(dep))
     if value is None:
         return None
     off = int(dep["offset"])
@@ -144,6 +149,10 @@ def _copied(dep: dict[str, Any], history: History, n: int) -> bytes | None:
         return None
     chunk = value[start : start + n]
     return chunk[::-1] if dep.get("order") == "swap" else chunk
+
+
+def _groups(dep: dict[str, Any]) -> int | None:
+    return int(dep["groups"]) if "groups" in dep else None
 
 
 def _put(buf: bytearray, at: int, value: bytes | None) -> None:

@@ -154,11 +154,29 @@ def _region_value(sample: Sample, back: int, region: int) -> bytes | None:
     return sample.trace.requests[i][m.start(region + 1) : m.end(region + 1)]
 
 
-def _mutating_regions(sample: Sample, back: int) -> list[int]:
-    i = sample.turn - back
-    if i < 0:
+def _shared(samples: Sequence[Sample], back: int) -> Pattern | None:
+    """The pattern every sample's request ``back`` turns ago matched, if they all took the
+    same one (a state reached by several paths: only the shared part can be linked)."""
+    patterns = set()
+    for s in samples:
+        if s.turn - back < 0:
+            return None
+        patterns.add(s.trace.patterns[s.turn - back])
+        if len(patterns) > 1:
+            return None
+    return patterns.pop() if patterns else None
+
+
+def _mutating_regions(samples: Sequence[Sample], back: int) -> list[int]:
+    pattern = _shared(samples, back)
+    if pattern is None:
         return []
-    return [k for k, r in enumerate(sample.trace.patterns[i].regions) if not r.is_fixed]
+    return [k for k, r in enumerate(pattern.regions) if not r.is_fixed]
+
+
+def _depth(samples: Sequence[Sample], opts: ContentOptions) -> int:
+    """How many earlier turns all samples have (bounded by ``max_back``)."""
+    return min(opts.max_back, min(s.turn for s in samples))
 
 
 @dataclass
@@ -183,8 +201,8 @@ def _find_varcopies(template: bytes, samples: list[Sample], opts: ContentOptions
     keep = samples
     normal = {id(s): s.answer for s in samples}
     shifts: dict[int, list[tuple[int, int]]] = {id(s): [] for s in samples}
-    for back in range(min(opts.max_back, ref.turn) + 1):
-        for region in _mutating_regions(ref, back):
+    for back in range(_depth(samples, opts) + 1):
+        for region in _mutating_regions(samples, back):
             values = [_region_value(s, back, region) for s in keep]
             if any(v is None for v in values):
                 continue
@@ -262,9 +280,9 @@ class _Sources:
         self.opts = opts
         # key -> (n, width) uint8 array; key = ("req", back, region, anchor) | ("ans", back)
         self.arrays: dict[tuple, np.ndarray] = {}
-        ref = samples[0]
-        for back in range(min(opts.max_back, ref.turn) + 1):
-            for region in _mutating_regions(ref, back):
+        depth = _depth(samples, opts)
+        for back in range(depth + 1):
+            for region in _mutating_regions(samples, back):
                 values = [_region_value(s, back, region) or b"" for s in samples]
                 width = min(min(len(v) for v in values), opts.max_len)
                 if width == 0:
@@ -274,7 +292,7 @@ class _Sources:
                     self.arrays[("req", back, region, "end")] = _matrix(
                         [v[len(v) - width :] for v in values]
                     )
-        for back in range(1, min(opts.max_back, ref.turn) + 1):
+        for back in range(1, depth + 1):
             values = [s.trace.answers[s.turn - back] for s in samples]
             width = min(min(len(v) for v in values), opts.max_len)
             if width:
@@ -530,6 +548,16 @@ def _echoed_in_fixed(samples: list[Sample], answers: np.ndarray, lo: int, hi: in
     return False
 
 
+def _from_client(samples: list[Sample], answers: np.ndarray, lo: int, hi: int) -> bool:
+    """Every sample's value was in one of its requests so far: an echo we could not
+    pin to one region (paths differ), not a server choice: never randomise it."""
+    for s, row in zip(samples, answers, strict=True):
+        value = row[lo:hi].tobytes()
+        if not any(value in r for r in s.trace.requests[: s.turn + 1]):
+            return False
+    return True
+
+
 def _server_values(
     answers: np.ndarray,
     samples: list[Sample],
@@ -564,6 +592,7 @@ def _server_values(
             and hi - lo >= opts.min_width
             and _distinct(answers, lo, hi) == n
             and not _echoed_in_fixed(samples, answers, lo, hi)
+            and not _from_client(samples, answers, lo, hi)
         ):
             deps.append({"kind": "random", "at": lo, "len": hi - lo})
             free[lo:hi] = False
@@ -583,6 +612,8 @@ def infer_state(state: State, samples: list[Sample], opts: ContentOptions) -> li
     for dep in shape.varcopies:
         free[dep["at"] : dep["at"] + dep["len"]] = False
     deps = list(shape.varcopies)
+    for dep in deps:  # whole-region copies: found on regions all samples share
+        dep["groups"] = len(_shared(samples, -dep["request"]).regions)  # type: ignore[union-attr]
     if shape.samples:
         answers = _matrix(shape.normal)
         sources = _Sources(shape.samples, opts)
@@ -594,6 +625,9 @@ def infer_state(state: State, samples: list[Sample], opts: ContentOptions) -> li
         deps += _links(answers, sources, free, opts, "ans")
         if opts.server_values:
             deps += _server_values(answers, shape.samples, free, opts)
+        for dep in deps:  # lets the emulator refuse a request that took another path here
+            if dep["kind"] == "copy":
+                dep["groups"] = len(_shared(shape.samples, -dep["request"]).regions)  # type: ignore[union-attr]
     return sorted(deps, key=lambda d: (d["at"], d["kind"]))
 
 
@@ -651,9 +685,10 @@ def _borrowed(
     """The proven link expressed in these samples' own pattern, if it holds in all of them."""
     ref = samples[0]
     i = ref.turn + back
-    if i < 0:
+    pattern = _shared(samples, -back)
+    if i < 0 or pattern is None:
         return None
-    pattern, m = ref.trace.patterns[i], ref.trace.matches[i]
+    m = ref.trace.matches[i]
     for k, region in enumerate(pattern.regions):
         if (
             region.is_fixed
@@ -683,6 +718,7 @@ def _borrowed(
             "anchor": "start",
             "offset": offset,
             "order": order,
+            "groups": len(pattern.regions),
             "borrowed": True,
         }
     return None
