@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 UNMATCHED_POLICIES = ("silent", "close")
+GATE_MECHANISMS = ("auto", "nftables", "fallback")  # see scriptgen.emulate.gate
 
 
 class ConfigError(Exception):
@@ -79,6 +80,9 @@ class Config:
     request_settle: float = 0.2
     on_unmatched: str = "silent"
     content_dependencies: bool = True  # patch answers from live requests (off: as learned)
+    gate_mechanism: str = "auto"  # how ports waiting for a signal are kept closed
+    gate_table: str = "scriptgen"  # nftables table owned by this emulator
+    gate_hold: float = 2.0  # longest wait of a signalling answer for nft
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     limits: Limits = field(default_factory=Limits)
     source: str = "<defaults>"
@@ -133,6 +137,20 @@ def _policy(text: str) -> str:
     value = text.strip().lower()
     if value not in UNMATCHED_POLICIES:
         raise ValueError(f"must be one of {', '.join(UNMATCHED_POLICIES)}: {text!r}")
+    return value
+
+
+def _mechanism(text: str) -> str:
+    value = text.strip().lower()
+    if value not in GATE_MECHANISMS:
+        raise ValueError(f"must be one of {', '.join(GATE_MECHANISMS)}: {text!r}")
+    return value
+
+
+def _table(text: str) -> str:
+    value = text.strip()
+    if not value or len(value) > 32 or not all(c.isalnum() or c == "_" for c in value):
+        raise ValueError(f"must be 1-32 letters, digits or '_': {text!r}")
     return value
 
 
@@ -191,6 +209,9 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "reload_interval": _float(0.0),
         "request_settle": _float(0.0),
         "on_unmatched": _policy,
+        "gate_mechanism": _mechanism,
+        "gate_table": _table,
+        "gate_hold": _float(0.01),
         "content_dependencies": _bool,
     },
     "proxy": {"enabled": _bool, "pool": _pool, "expiry": _float(1.0)},
