@@ -145,3 +145,16 @@ def test_make_captures_small_run(tmp_path: Path) -> None:
     assert len(list(read_conversations(tmp_path / "redis.pcap"))) == 3
     assert len(list(read_conversations(tmp_path / "dns.pcap"))) == 3
     assert len((tmp_path / "dns.runs.jsonl").read_text().splitlines()) == 3
+
+
+def test_committed_run_logs_are_what_the_seed_draws(captures_dir: Path) -> None:
+    """The README's command (seed 1, 50 runs) reproduces the runs of the committed captures."""
+    import json
+
+    from tests.lab.make_captures import protocol_seed
+
+    for proto in DRAWERS:
+        log = captures_dir / f"{proto}.runs.jsonl"
+        logged = [json.loads(line)["run"] for line in log.read_text().splitlines()]
+        drawn = [r.describe() for r in draw_runs(proto, len(logged), protocol_seed(1, proto))]
+        assert logged == drawn, proto

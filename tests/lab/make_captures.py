@@ -11,6 +11,7 @@ client exit statuses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -18,9 +19,10 @@ import zlib
 from pathlib import Path
 
 from tests.lab.capture import Tcpdump, bpf_for
-from tests.lab.daemon import DEFAULT_ADDR
+from tests.lab.clients import ClientResult
+from tests.lab.daemon import DEFAULT_ADDR, LabError
 from tests.lab.protocols import PROTOCOLS, LabProtocol
-from tests.lab.variety import draw_runs
+from tests.lab.variety import ClientRun, draw_runs
 
 
 def protocol_seed(seed: int, name: str) -> int:
@@ -28,36 +30,62 @@ def protocol_seed(seed: int, name: str) -> int:
     return seed * 1_000_003 + zlib.crc32(name.encode())
 
 
+def play_runs(
+    runs: list[ClientRun],
+    addr: str,
+    port: int,
+    pcap: Path | None = None,
+    port_ranges: list[tuple[int, int]] | None = None,
+    log: Path | None = None,
+) -> list[ClientResult]:
+    """Play ``runs`` in order against whatever listens on (addr, port) - a lab server or
+    the emulator - optionally under tcpdump (``pcap``) and logging each run (``log``)."""
+    results: list[ClientResult] = []
+    with contextlib.ExitStack() as stack:
+        if pcap is not None:
+            stack.enter_context(Tcpdump(pcap, bpf_for(addr, [port], port_ranges or [])))
+        fh = stack.enter_context(log.open("w")) if log is not None else None
+        for i, run in enumerate(runs):
+            t0 = time.monotonic()
+            res = run.execute(addr, port)
+            results.append(res)
+            if fh is not None:
+                record: dict[str, object] = {
+                    "i": i,
+                    "run": run.describe(),
+                    "status": res.status,
+                    "seconds": round(time.monotonic() - t0, 2),
+                }
+                if res.status != 0:
+                    record["stderr"] = res.stderr[-300:]
+                fh.write(json.dumps(record) + "\n")
+    return results
+
+
 def capture_protocol(
     proto: LabProtocol, out: Path, runs: int, seed: int, addr: str = DEFAULT_ADDR
 ) -> dict[str, object]:
     """Write ``out/<name>.pcap`` and ``out/<name>.runs.jsonl``; return a summary."""
     pcap = out / f"{proto.name}.pcap"
-    log = out / f"{proto.name}.runs.jsonl"
     planned = draw_runs(proto.name, runs, protocol_seed(seed, proto.name))
+    with proto.make_server(addr, proto.port):
+        results = play_runs(
+            planned,
+            addr,
+            proto.port,
+            pcap,
+            list(proto.port_ranges),
+            out / f"{proto.name}.runs.jsonl",
+        )
     statuses: dict[int, int] = {}
-    bpf = bpf_for(addr, [proto.port], list(proto.port_ranges))
-    with proto.make_server(addr, proto.port), Tcpdump(pcap, bpf) as dump, log.open("w") as fh:
-        for i, run in enumerate(planned):
-            t0 = time.monotonic()
-            res = run.execute(addr, proto.port)
-            statuses[res.status] = statuses.get(res.status, 0) + 1
-            record = {
-                "i": i,
-                "run": run.describe(),
-                "status": res.status,
-                "seconds": round(time.monotonic() - t0, 2),
-            }
-            if res.status != 0:
-                record["stderr"] = res.stderr[-300:]
-            fh.write(json.dumps(record) + "\n")
+    for res in results:
+        statuses[res.status] = statuses.get(res.status, 0) + 1
     return {
         "protocol": proto.name,
         "pcap": str(pcap),
         "bytes": pcap.stat().st_size,
         "runs": runs,
         "statuses": statuses,
-        "tcpdump": dump.stderr_text.strip().splitlines()[-3:],
     }
 
 
@@ -83,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         t0 = time.monotonic()
-        summary = capture_protocol(proto, args.out, args.runs, args.seed, args.addr)
+        try:
+            summary = capture_protocol(proto, args.out, args.runs, args.seed, args.addr)
+        except LabError as exc:
+            print(f"{name}: failed: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         summary["seconds"] = round(time.monotonic() - t0, 1)
         print(json.dumps(summary))
     return 1 if failed else 0
