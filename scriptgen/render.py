@@ -40,6 +40,19 @@ def state_summary(state: State, answer_limit: int = 40) -> str:
     return " ".join(parts)
 
 
+def signal_lines(state: State) -> list[str]:
+    """One line per signal a state emits (session dependencies): what it opens, for how long."""
+    lines = []
+    for sig in state.signals:
+        if not isinstance(sig, dict):
+            continue
+        evidence = ", ".join(f"{k}={sig[k]}" for k in ("mode", "samples", "sources") if k in sig)
+        lines.append(
+            f"=> signal: opens {sig.get('opens', '?')} for {sig.get('for', '?')}s ({evidence})"
+        )
+    return lines
+
+
 def _walk(machine: Machine) -> Iterator[tuple[int, State, str | None, bool]]:
     """Depth-first (depth, state, edge label, already shown) from the root; safe on cycles and DAGs."""
     shown: set[int] = set()
@@ -71,6 +84,12 @@ def render_text(machine: Machine, answer_limit: int = 40) -> str:
         edge = f"-- {label} --> " if label is not None else ""
         body = f"[{state.id}] (see above)" if again else state_summary(state, answer_limit)
         lines.append(f"{pad}{edge}{body}")
+        if state.dependencies and not again:
+            from scriptgen.emulate.rewrite import describe  # only models with dependencies pay
+
+            lines += [f"{pad}    dep {describe(d)}" for d in state.dependencies]
+        if not again:
+            lines.extend(f"{pad}    {line}" for line in signal_lines(state))
     # States no transition reaches (should not happen; shown so nothing is hidden).
     reached = {s.id for _, s, _, _ in _walk(machine)}
     for sid in sorted(set(machine.states) - reached):
@@ -103,8 +122,28 @@ def render_dot(machines: Sequence[Machine], answer_limit: int = 24) -> str:
                 label = f"{t.pattern.describe(max_fixed=16)} ({t.samples})"
                 out.append(f'    m{i}s{sid} -> m{i}s{t.target} [label="{dot_escape(label)}"];')
         out.append("  }")
+    out.extend(_signal_edges(machines))
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _signal_edges(machines: Sequence[Machine]) -> list[str]:
+    """Signals as dashed edges from the emitting state to the root of the port they open."""
+    roots = {f"{m.protocol}/{m.port}": f"m{i}s{m.root}" for i, m in enumerate(machines)}
+    out = []
+    for i, m in enumerate(machines):
+        for sid in sorted(m.states):
+            for sig in m.states[sid].signals:
+                if not isinstance(sig, dict):
+                    continue
+                opens = str(sig.get("opens", "?"))
+                target = roots.get(opens)
+                if target is None:  # the opened port's machine is not shown: a plain node
+                    target = f'"port {dot_escape(opens)}"'
+                    out.append(f"  {target} [shape=ellipse];")
+                label = dot_escape(f"signal: opens {opens} for {sig.get('for', '?')}s")
+                out.append(f'  m{i}s{sid} -> {target} [style=dashed, color=red, label="{label}"];')
+    return out
 
 
 def render_json(machines: Sequence[Machine]) -> str:
