@@ -56,6 +56,10 @@ class Alignment:
     extra_col: np.ndarray  # (m,) int64
     extra_len: np.ndarray  # (m,) int64
     pinned: np.ndarray  # (c,) bool
+    # Consensus byte of each column and how many rows back it, kept up to
+    # date by ``merge`` so a merge costs O(columns), not O(rows × columns).
+    cons: np.ndarray | None = None  # (c,) uint8
+    support: np.ndarray | None = None  # (c,) int64
 
     @classmethod
     def single(cls, data: bytes, limit: int) -> Alignment:
@@ -67,6 +71,8 @@ class Alignment:
             np.array([col], dtype=np.int64),
             np.array([elided], dtype=np.int64),
             np.zeros(rows.shape[1], dtype=bool),
+            np.frombuffer(view, dtype=np.uint8).copy(),
+            np.ones(rows.shape[1], dtype=np.int64),
         )
 
     @property
@@ -74,7 +80,14 @@ class Alignment:
         return int(self.rows.shape[1])
 
     def consensus(self) -> bytes:
-        """Most frequent byte of each column (over a bounded, evenly spread subset of rows)."""
+        """A representative byte per column, to align this profile against another.
+
+        Kept by ``merge``: a column shared by two profiles takes the byte of
+        the side with more rows there (a mode of modes). Otherwise the mode
+        over a bounded, evenly spread subset of rows.
+        """
+        if self.cons is not None:
+            return self.cons.tobytes()
         m, c = self.rows.shape
         if c == 0:
             return b""
@@ -117,28 +130,54 @@ def merge(a: Alignment, b: Alignment) -> Alignment:
     ops = Levenshtein.opcodes(a.consensus(), b.consensus())
     map_a = np.empty(a.width, dtype=np.int64)
     map_b = np.empty(b.width, dtype=np.int64)
+    blocks_a: list[tuple[int, int, int]] = []  # (old start, old end, new start): slice copies
+    blocks_b: list[tuple[int, int, int]] = []
     col = 0
     for tag, i1, i2, j1, j2 in ops:
         if tag == "equal" or tag == "replace":
             n = min(i2 - i1, j2 - j1)
-            map_a[i1 : i1 + n] = np.arange(col, col + n)
-            map_b[j1 : j1 + n] = np.arange(col, col + n)
+            blocks_a.append((i1, i1 + n, col))
+            blocks_b.append((j1, j1 + n, col))
             col += n
             i1 += n
             j1 += n
         if i2 > i1:
-            map_a[i1:i2] = np.arange(col, col + i2 - i1)
+            blocks_a.append((i1, i2, col))
             col += i2 - i1
         if j2 > j1:
-            map_b[j1:j2] = np.arange(col, col + j2 - j1)
+            blocks_b.append((j1, j2, col))
             col += j2 - j1
     ma, mb = a.rows.shape[0], b.rows.shape[0]
     rows = np.full((ma + mb, col), GAP, dtype=np.int16)
-    rows[:ma, map_a] = a.rows
-    rows[ma:, map_b] = b.rows
+    for (s, e, at), target, src, mapping in [
+        *((blk, rows[:ma], a.rows, map_a) for blk in blocks_a),
+        *((blk, rows[ma:], b.rows, map_b) for blk in blocks_b),
+    ]:
+        if e > s:
+            target[:, at : at + e - s] = src[:, s:e]
+            mapping[s:e] = np.arange(at, at + e - s)
     pinned = np.zeros(col, dtype=bool)
     extra_col = np.concatenate([_remap(a.extra_col, map_a), _remap(b.extra_col, map_b)])
-    return Alignment(rows, extra_col, np.concatenate([a.extra_len, b.extra_len]), pinned)
+    cons_a, sup_a = _summary(a)
+    cons_b, sup_b = _summary(b)
+    support = np.zeros(col, dtype=np.int64)
+    support[map_b] += sup_b
+    cons = np.zeros(col, dtype=np.uint8)
+    cons[map_b] = cons_b
+    a_wins = sup_a >= support[map_a]  # support still holds b's counts only
+    cons[map_a[a_wins]] = cons_a[a_wins]
+    support[map_a] += sup_a
+    return Alignment(
+        rows, extra_col, np.concatenate([a.extra_len, b.extra_len]), pinned, cons, support
+    )
+
+
+def _summary(al: Alignment) -> tuple[np.ndarray, np.ndarray]:
+    """(consensus bytes, non-gap rows) per column."""
+    if al.cons is not None and al.support is not None:
+        return al.cons, al.support
+    cons = np.frombuffer(al.consensus(), dtype=np.uint8)
+    return cons, (al.rows != GAP).sum(axis=0).astype(np.int64)
 
 
 def _remap(cols: np.ndarray, mapping: np.ndarray) -> np.ndarray:

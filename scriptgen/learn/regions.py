@@ -387,23 +387,52 @@ def _split_candidates(al: Alignment, lay: Layout) -> list[tuple[int, int]]:
     return spans
 
 
-def _widen(pattern: Pattern, slack: float) -> Pattern:
-    """Generalise variable-width mutating regions by ``slack`` (module doc, step 5)."""
-    if slack <= 0:
-        return pattern
+def _widen(pattern: Pattern, slack: float, min_cap: int) -> Pattern:
+    """Generalise variable-width mutating regions by ``slack`` (module doc, step 5).
+
+    Every mutating region's minimum is also capped at ``min_cap``: the
+    ``regex`` module compiles ``.{n,m}`` in time and memory linear in n
+    (measured: n = 10 M takes 12 s and 2.6 GB), and such a region only
+    comes from requests longer than the alignment bound anyway.
+    """
     regions = []
     for r in pattern.regions:
-        if r.is_fixed or r.min_len == r.max_len:
+        if r.is_fixed:
             regions.append(r)
-        else:
-            lo = math.floor(r.min_len / (1.0 + slack))
-            hi = math.ceil(r.max_len * (1.0 + slack))
-            regions.append(Region.mutating(lo, hi))
+            continue
+        lo, hi = r.min_len, r.max_len
+        if slack > 0 and lo != hi:
+            lo = math.floor(lo / (1.0 + slack))
+            hi = math.ceil(hi * (1.0 + slack))
+        regions.append(Region.mutating(min(lo, min_cap), hi))
     return Pattern(tuple(regions))
 
 
 def _pattern_key(pattern: Pattern) -> str:
     return json.dumps(pattern.to_json(), sort_keys=True)
+
+
+def _merge_shapes(found: list[tuple[Pattern, np.ndarray]]) -> list[tuple[Pattern, np.ndarray]]:
+    """One pattern per shape: the same fixed regions in the same order.
+
+    Macroclustering can cut one family in two (random arguments are far
+    apart in Indel distance); when both halves learned the same fixed
+    bytes they are one transition, with the union of the length ranges.
+    """
+    shapes: dict[tuple[bytes | None, ...], list[tuple[Pattern, np.ndarray]]] = {}
+    for pattern, ids in found:
+        shapes.setdefault(tuple(r.fixed for r in pattern.regions), []).append((pattern, ids))
+    out = []
+    for group in shapes.values():
+        regions = []
+        for parts in zip(*(p.regions for p, _ in group), strict=True):
+            if parts[0].is_fixed:
+                regions.append(parts[0])
+            else:
+                lo, hi = min(r.min_len for r in parts), max(r.max_len for r in parts)
+                regions.append(Region.mutating(lo, hi))
+        out.append((Pattern(tuple(regions)), np.concatenate([ids for _, ids in group])))
+    return out
 
 
 def _finish(
@@ -412,10 +441,10 @@ def _finish(
     occurrences: dict[bytes, list[int]],
     options: RegionOptions,
 ) -> list[Cluster]:
-    """Widen, merge equal patterns, let unclustered requests join, sort."""
+    """Merge same-shape patterns, widen, let unclustered requests join, sort."""
     members: dict[Pattern, set[bytes]] = {}
-    for pattern, ids in found:
-        wide = _widen(pattern, options.length_slack)
+    for pattern, ids in _merge_shapes(found):
+        wide = _widen(pattern, options.length_slack, options.max_align_len)
         group = members.setdefault(wide, set())
         for s in ids.tolist():
             if wide.fullmatch(uniq[s]) is None:  # cannot happen by construction; stay safe
