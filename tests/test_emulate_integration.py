@@ -269,6 +269,14 @@ def _closed_soon(s: socket.socket) -> bool:
     return not data
 
 
+def test_half_closed_client_gets_its_answer(server: Server) -> None:
+    """``printf 'PING\\r\\n' | nc``: the request arrives with the client's FIN."""
+    with connect(server) as s:
+        s.sendall(b"PING\r\n")
+        s.shutdown(socket.SHUT_WR)
+        assert recv_until_closed(s) == b"220 hello\r\n+PONG\r\n"
+
+
 def test_idle_timeout_closes_half_open_client(server: Server) -> None:
     with connect(server) as s:
         recv_exactly(s, 11)

@@ -330,3 +330,24 @@ def test_root_that_closes_greets_and_closes() -> None:
     assert sent["end"] == "close" and sent["answer"] == b"421 busy\r\n"
     proto.dataReceived(b"PING\r\n")
     assert t.value() == b"421 busy\r\n"
+
+
+def test_half_close_answers_then_closes() -> None:
+    h = Harness(on_unmatched="silent")
+    proto, t = h.connect()
+    t.clear()
+    proto.dataReceived(b"PING")  # could still grow: waiting for the settle delay
+    assert t.value() == b""
+    proto.readConnectionLost()  # the client shut its sending side
+    assert t.value() == b"+PONG\r\n" and t.disconnecting
+    h.disconnect(proto, t)
+    assert h.events.of("scriptgen.session.closed")[0]["reason"] == "client_closed"
+
+
+def test_half_close_with_incomplete_request_logs_it() -> None:
+    h = Harness()
+    proto, t = h.connect()
+    proto.dataReceived(b"USER bo")
+    proto.readConnectionLost()
+    assert h.events.of("scriptgen.request.unmatched")[0]["reason"] == "incomplete"
+    assert t.disconnecting

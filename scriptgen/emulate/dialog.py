@@ -46,7 +46,7 @@ class Waiting(enum.Enum):
     MORE = "more"  # buffer is an incomplete request: wait for more bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen init is slow
 class Matched:
     state: StateIndex  # where the request was read
     rule: Rule
@@ -58,14 +58,14 @@ class Matched:
         return self.rule.match(self.request)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unmatched:
     state: StateIndex
     request: bytes
-    reason: str  # "no_match" | "request_timeout" | "incomplete"
+    reason: str  # "no_match" | "request_timeout" | "incomplete" (client closed mid-request)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Overflow:
     size: int  # bytes buffered when the bound was crossed
 
@@ -92,7 +92,7 @@ class Dialog:
 
     def feed(self, data: bytes) -> list[Step]:
         """Append stream bytes; return the steps they complete."""
-        self.buffer += data
+        self.buffer = self.buffer + data if self.buffer else data
         steps = self._drain(final=False)
         if len(self.buffer) > self.max_buffer:
             size = len(self.buffer)
@@ -105,11 +105,12 @@ class Dialog:
         """The settle delay passed with no more bytes: take what matches now."""
         return self._drain(final=True)
 
-    def expire(self) -> list[Step]:
-        """The request timeout passed on an incomplete request: give up on it."""
+    def expire(self, reason: str = "request_timeout") -> list[Step]:
+        """No more bytes will come for this request (timeout, or the client
+        closed its side): take what matches, give up on the rest."""
         steps = self._drain(final=True)
         if self.buffer:
-            steps.append(self._unmatched("request_timeout"))
+            steps.append(self._unmatched(reason))
         return steps
 
     def _drain(self, final: bool) -> list[Step]:

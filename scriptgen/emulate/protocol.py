@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -28,7 +28,7 @@ from scriptgen.emulate.runtime import Runtime, new_session_id
 from scriptgen.model import End
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class EmulatorProtocol(Protocol):
     """Walks one connection through the machine it was given at connect time."""
 
@@ -101,6 +101,24 @@ class EmulatorProtocol(Protocol):
             self._ignore(data)
             return
         self._run(self.dialog.feed(data))
+
+    # --- half-close: ``printf 'PING\r\n' | nc`` sends, then shuts its side ---
+
+    def readConnectionLost(self) -> None:  # noqa: N802
+        """The client will send nothing more: answer what it sent, then close.
+
+        Without this Twisted would close at once and a request that came
+        with the client's FIN would never be answered.
+        """
+        if self.closing:
+            return
+        if not self.lost:
+            self._run(self.dialog.expire("incomplete"))
+        if not self.closing:
+            self._close("client_closed")
+
+    def writeConnectionLost(self) -> None:  # noqa: N802
+        self._close("connection_lost")
 
     # --- push producer: the transport's write buffer is full / drained ---
 
