@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from scriptgen.emulate.config import Config, PortSpec
 from scriptgen.emulate.eventlog import EventLog
+from scriptgen.emulate.gate import Gate, gated_ports
 from scriptgen.emulate.protocol import EmulatorFactory
 from scriptgen.emulate.reload import ModelHolder
 from scriptgen.emulate.runtime import Runtime
@@ -57,6 +58,16 @@ class EmulatorService(MultiService):
         self.udp: dict[PortSpec, EmulatorDatagramProtocol] = {}
         self._reloader: LoopingCall | None = None
         self._old_hup: Any = None
+        self.gate = Gate(
+            runtime.events,
+            reactor,
+            lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a),
+            mechanism=config.gate_mechanism,
+            table=config.gate_table,
+            listen=config.listen,
+            hold_timeout=config.gate_hold,
+            max_entries=config.limits.max_sources,
+        )
 
     @property
     def bound(self) -> dict[PortSpec, int]:
@@ -69,6 +80,8 @@ class EmulatorService(MultiService):
         events.start()
         for spec in self.specs:
             self._listen(spec)
+        targets = gated_ports(m.machine for m in self.holder.machines.values())
+        self.gate.start({s.key: p for s, p in self.bound.items() if s.key in targets})
         if self.config.reload_interval > 0:
             self._reloader = LoopingCall(self.holder.reload)
             self._reloader.clock = self.reactor
@@ -86,6 +99,7 @@ class EmulatorService(MultiService):
         try:
             if spec.protocol == "tcp":
                 factory = EmulatorFactory(self.runtime, spec)
+                factory.gate = self.gate
                 port = self.reactor.listenTCP(spec.served, factory, interface=listen, backlog=511)
             else:
                 proto = EmulatorDatagramProtocol(self.runtime, spec)
@@ -131,6 +145,7 @@ class EmulatorService(MultiService):
             signal.signal(signal.SIGHUP, self._old_hup)
             self._old_hup = None
         self.runtime.events.emit("scriptgen.service.stopped")
+        self.gate.stop()
         stops = [d for p in self.listening.values() if (d := p.stopListening()) is not None]
         self.listening.clear()
         d = DeferredList([*stops, super().stopService()])
