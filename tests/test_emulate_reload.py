@@ -172,3 +172,32 @@ def test_service_listens_on_served_ports(tmp_path: Path) -> None:
     assert events.of("scriptgen.service.started")
     service.stopService()
     assert events.ids()[-1] == "scriptgen.service.stopped"
+
+
+def test_auto_mode_serves_a_model_that_appears_later(tmp_path: Path) -> None:
+    save_machine(line_machine(), tmp_path)
+    reactor = MemoryReactorClock()
+    events = RecordingEvents()
+    config = Config(model_dir=tmp_path, events=None, reload_interval=1)
+    service = make_service(config, reactor=reactor, events=events, defer_to_thread=sync)
+    service.startService()
+    assert [p[0] for p in reactor.tcpServers] == [7000]
+    save_machine(line_machine(7002), tmp_path)
+    reactor.advance(1.1)  # the periodic check finds the new file
+    assert [p[0] for p in reactor.tcpServers] == [7000, 7002]
+    assert service.holder.get(("tcp", 7002)) is not None
+    service.stopService()
+
+
+def test_explicit_ports_do_not_grow(tmp_path: Path) -> None:
+    save_machine(line_machine(), tmp_path)
+    reactor = MemoryReactorClock()
+    config = Config(
+        model_dir=tmp_path, events=None, reload_interval=1, ports=(PortSpec("tcp", 7000, 7000),)
+    )
+    service = make_service(config, reactor=reactor, events=RecordingEvents(), defer_to_thread=sync)
+    service.startService()
+    save_machine(line_machine(7002), tmp_path)
+    reactor.advance(1.1)
+    assert [p[0] for p in reactor.tcpServers] == [7000]
+    service.stopService()

@@ -93,6 +93,9 @@ class ModelHolder:
         self._busy = False
         self._again = False
         self.reloads = 0  # completed reload passes (tests wait on it)
+        # Called on the reactor thread with the keys of machines new to this
+        # holder (the service starts serving them when ports = auto).
+        self.on_new: Callable[[list[tuple[str, int]]], None] | None = None
 
     def get(self, key: tuple[str, int]) -> CompiledMachine | None:
         return self.machines.get(key)
@@ -142,7 +145,10 @@ class ModelHolder:
                 served=self.served(r.key),
                 **counts,
             )
+        added = sorted(set(new) - set(self.machines))
         self.machines = new  # one reference swap: protocols see old or new, never a mix
+        if added and self.on_new is not None:
+            self.on_new(added)
 
     def _failed(self, failure: Any) -> None:
         self.events.emit(

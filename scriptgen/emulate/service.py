@@ -86,6 +86,8 @@ class EmulatorService(MultiService):
             self._reloader = LoopingCall(self.holder.reload)
             self._reloader.clock = self.reactor
             self._reloader.start(self.config.reload_interval, now=False)
+        if self.config.ports is None:
+            self.holder.on_new = self._serve_new
         self._install_hup()
         events.emit(
             "scriptgen.service.started",
@@ -126,6 +128,14 @@ class EmulatorService(MultiService):
             "scriptgen: serving {spec} on {addr}:{real}", spec=str(spec), addr=listen, real=real
         )
 
+    def _serve_new(self, keys: list[tuple[str, int]]) -> None:
+        """ports = auto: a model that appears later is served on its own port."""
+        for proto, port in keys:
+            spec = PortSpec(proto, port, port)
+            if spec not in self.listening and self.running:
+                self.specs.append(spec)
+                self._listen(spec)
+
     def _install_hup(self) -> None:
         if (
             not hasattr(signal, "SIGHUP")
@@ -139,6 +149,7 @@ class EmulatorService(MultiService):
         self._old_hup = signal.signal(signal.SIGHUP, on_hup)
 
     def stopService(self) -> Deferred[Any]:  # noqa: N802
+        self.holder.on_new = None
         if self._reloader is not None and self._reloader.running:
             self._reloader.stop()
         if self._old_hup is not None:
@@ -160,9 +171,17 @@ def _served_specs(config: Config, holder: ModelHolder) -> list[PortSpec]:
 
 
 def make_service(
-    config: Config, *, reactor: Any = None, events: EventLog | None = None
+    config: Config,
+    *,
+    reactor: Any = None,
+    events: EventLog | None = None,
+    defer_to_thread: Any = None,
 ) -> EmulatorService:
-    """Build the emulator service; raise StartupError (one line) when it cannot serve."""
+    """Build the emulator service; raise StartupError (one line) when it cannot serve.
+
+    ``reactor``, ``events`` and ``defer_to_thread`` default to the real ones;
+    tests pass fakes.
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -184,10 +203,10 @@ def make_service(
     def served(key: tuple[str, int]) -> bool:
         return wanted is None or key in wanted
 
-    def defer_to_thread(f: Any, *args: Any) -> Deferred[Any]:
+    def in_thread(f: Any, *args: Any) -> Deferred[Any]:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
-    holder = ModelHolder(config.model_dir, events, defer_to_thread, served)
+    holder = ModelHolder(config.model_dir, events, defer_to_thread or in_thread, served)
     if not config.model_dir.is_dir():
         raise StartupError(
             f"config {config.source}: [scriptgen] model_dir: not a directory: {config.model_dir}"
