@@ -22,6 +22,9 @@ from scriptgen.learn.consolidate import consolidate
 from scriptgen.learn.content import infer_dependencies
 from scriptgen.learn.dialog import Dialog, DialogStats, group_dialogs
 from scriptgen.learn.phases import Analyser, Learner, LearnOptions, StepReport
+from scriptgen.learn.sessions import SessionOptions, SessionRecorder, SessionReport
+from scriptgen.learn.sessions import apply as apply_signals
+from scriptgen.learn.sessions import infer as infer_sessions
 from scriptgen.model import Machine, load_model_dir, save_machine
 from scriptgen.model.store import machine_from_json, machine_to_json
 from scriptgen.trace.types import Conversation
@@ -39,6 +42,7 @@ class TrainOptions:
     region: Any = None  # scriptgen.learn.regions.RegionOptions; None: its defaults
     include_midstream: bool = False  # learn from connections whose start was not captured
     max_turns: int = 512  # requests per dialog learned (deeper ones are cut)
+    sessions: SessionOptions = field(default_factory=SessionOptions)  # session dependencies
 
     def region_options(self) -> Any:
         if self.region is not None:
@@ -53,6 +57,7 @@ class TrainOptions:
             "region": self.region_options().to_json(),
             "include_midstream": self.include_midstream,
             "max_turns": self.max_turns,
+            "sessions": self.sessions.to_json(),
         }
 
 
@@ -77,6 +82,7 @@ class TrainReport:
     ports: list[PortReport] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     captures: list[dict[str, str]] = field(default_factory=list)
+    sessions: SessionReport = field(default_factory=SessionReport)
 
 
 def sha256_file(path: Path) -> str:
@@ -202,8 +208,11 @@ def train(
     report = TrainReport()
     seen_by: dict[Key, set[int]] = {}
     stats = DialogStats()
+    # Session inference sees every conversation of every port, refused and
+    # unanswered attempts included (the dialogs leave those out).
+    recorder = SessionRecorder(options.sessions)
     groups = group_dialogs(
-        _read_sources(sources, progress, report.captures, seen_by),
+        recorder.tee(_read_sources(sources, progress, report.captures, seen_by)),
         ports=ports,
         protocol=protocol,
         include_midstream=options.include_midstream,
@@ -215,6 +224,9 @@ def train(
     keys = sorted(set(groups) | (set(stats.ignored) & set(existing)))
     machines = {k: existing.get(k) or Machine(k[0], k[1]) for k in keys}
     steps = _learn_all(machines, groups, options, jobs, progress, analyser)
+    report.sessions = infer_sessions(recorder.contacts, machines, options.sessions)
+    report.sessions.dropped = recorder.dropped
+    apply_signals(report.sessions.findings, machines)
     for key in sorted(set(stats.ignored) - set(keys)):
         report.ports.append(
             PortReport(key[0], key[1], 0, 0, 0, 0, stats.ignored_total(key), 0, 0, saved=False)
