@@ -240,3 +240,67 @@ def test_unreachable_and_cyclic_states_do_not_loop(capsys):
     m.states[5] = State(5)
     out = render_text(m)
     assert "(see above)" in out and "(unreachable) [5]" in out
+
+
+def test_progress_display_draws_on_stderr_only_when_enabled(capsys):
+    from scriptgen.commands.train import ProgressDisplay
+
+    shown = ProgressDisplay(enabled=True)
+    shown("read", 0, 2, "a.pcap")
+    shown("read", 2, 2, "b.pcap: 256 conversations")
+    shown("refine", 3, None, "tcp/21: 4 bucketed")
+    shown.close()
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "reading" in out.err and "2/2" in out.err and "refining" in out.err
+    hidden = ProgressDisplay(enabled=False)
+    hidden("read", 1, 2, "a.pcap")
+    hidden.close()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_region_flags_mirror_region_options():
+    needs_regions()
+    import dataclasses
+
+    from scriptgen.commands.train import REGION_FLAGS
+    from scriptgen.learn.regions import RegionOptions
+
+    assert set(REGION_FLAGS) == {f.name for f in dataclasses.fields(RegionOptions)}
+
+
+def test_region_options_are_converted_and_bad_values_refused(tmp_path):
+    needs_regions()
+    from scriptgen.cli import build_parser
+    from scriptgen.commands.train import build_options
+
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--model-dir",
+            "d",
+            "x.pcap",
+            "--min-cluster-size",
+            "1",
+            "--distance-threshold",
+            "0.25",
+            "--keep-generic",
+            "no",
+            "--linkage",
+            "single",
+            "--max-bucket",
+            "7",
+            "--no-widen",
+        ]
+    )
+    options = build_options(args)
+    assert options.region.min_cluster_size == 1 and options.region.distance_threshold == 0.25
+    assert options.region.keep_generic is False and options.region.linkage == "single"
+    assert options.learn.max_bucket == 7 and options.learn.widen is False
+    for bad in (
+        ["--distance-threshold", "2"],
+        ["--min-cluster-size", "many"],
+        ["--keep-generic", "maybe"],
+    ):
+        r = run_cli("train", "--model-dir", str(tmp_path), str(capture("redis.pcap")), *bad)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "bad option" in r.stderr

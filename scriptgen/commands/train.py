@@ -18,12 +18,25 @@ LEARN_FLAGS = {  # LearnOptions field -> help
 }
 
 
-def _region_fields() -> list[dataclasses.Field]:
-    try:
-        from scriptgen.learn.regions import RegionOptions
-    except ImportError:  # pragma: no cover - region analysis not installed yet
-        return []
-    return list(dataclasses.fields(RegionOptions))
+# The fields of scriptgen.learn.regions.RegionOptions, named here so that building
+# the CLI does not import numpy/scipy for every command (a test keeps the two
+# in step). Values are converted to each field's type when the options are built.
+REGION_FLAGS = (
+    "distance_threshold",
+    "linkage",
+    "min_cluster_size",
+    "micro_min_count",
+    "micro_min_fraction",
+    "micro_max_depth",
+    "keep_generic",
+    "min_fixed_island",
+    "max_samples",
+    "max_distance_len",
+    "max_align_len",
+    "length_slack",
+    "max_clusters",
+    "workers",
+)
 
 
 def _flag(name: str) -> str:
@@ -60,28 +73,11 @@ def register(subparsers: Any) -> None:
         g.add_argument(
             _flag(name), type=int, default=getattr(defaults, name), metavar="N", help=text
         )
-    r = p.add_argument_group("region analysis (defaults: scriptgen.learn.regions.RegionOptions)")
-    for f in _region_fields():
-        default = f.default if f.default is not dataclasses.MISSING else None
-        kind = (
-            type(default)
-            if isinstance(default, (int, float)) and not isinstance(default, bool)
-            else None
-        )
-        if isinstance(default, bool):
-            r.add_argument(
-                _flag(f.name),
-                type=_parse_bool,
-                default=None,
-                metavar="yes|no",
-                help=f"default {default}",
-            )
-        elif isinstance(default, str):
-            r.add_argument(_flag(f.name), default=None, metavar="NAME", help=f"default {default}")
-        elif kind is not None:
-            r.add_argument(
-                _flag(f.name), type=kind, default=None, metavar="X", help=f"default {default}"
-            )
+    r = p.add_argument_group(
+        "region analysis", "defaults: scriptgen.learn.regions.RegionOptions (see DESIGN.md)"
+    )
+    for name in REGION_FLAGS:
+        r.add_argument(_flag(name), default=None, metavar="X")
     p.set_defaults(func=run)
 
 
@@ -90,7 +86,7 @@ def _parse_bool(text: str) -> bool:
         return True
     if text.lower() in ("0", "no", "false", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"not yes/no: {text!r}")
+    raise ValueError(f"not yes/no: {text!r}")
 
 
 def build_options(args: argparse.Namespace) -> Any:
@@ -99,21 +95,37 @@ def build_options(args: argparse.Namespace) -> Any:
     learn = LearnOptions(
         **{name: getattr(args, name) for name in LEARN_FLAGS}, widen=not args.no_widen
     )
-    region = None
-    fields = _region_fields()
-    overrides = {
-        f.name: getattr(args, f.name) for f in fields if getattr(args, f.name, None) is not None
-    }
-    if fields:
-        from scriptgen.learn.regions import RegionOptions
+    from scriptgen.learn.regions import RegionOptions
 
-        region = RegionOptions(**overrides)
+    region = RegionOptions(**region_overrides(args, RegionOptions))
     return TrainOptions(
         learn=learn,
         region=region,
         include_midstream=args.include_midstream,
         max_turns=args.max_turns,
     )
+
+
+def region_overrides(args: argparse.Namespace, options_class: type) -> dict[str, Any]:
+    """The region options given on the command line, converted to their fields' types."""
+    defaults = {f.name: f.default for f in dataclasses.fields(options_class)}
+    out: dict[str, Any] = {}
+    for name in REGION_FLAGS:
+        text = getattr(args, name, None)
+        if text is None:
+            continue
+        if name not in defaults:
+            raise ValueError(f"{_flag(name)} is not a region analysis option of this version")
+        default = defaults[name]
+        if isinstance(default, bool):
+            out[name] = _parse_bool(text)
+        elif isinstance(default, int):
+            out[name] = int(text)
+        elif isinstance(default, float):
+            out[name] = float(text)
+        else:
+            out[name] = text
+    return out
 
 
 class ProgressDisplay:
