@@ -10,6 +10,7 @@ peak RSS is that run's alone, measures at two sizes (N/4 and N):
   decode   iter_records + iter_segments (this package's reader and decoder)
   pipeline scriptgen.trace.read_conversations (skipped if not importable)
   tshark   tshark -n -r F -Y "tcp.len>0" -T fields -e tcp.stream -e tcp.payload
+  tshark0  tshark -n -r F -T fields -e tcp.stream  (tshark's floor: dissect, print little)
 
 tshark row: extracting every TCP payload with its stream index is the
 cheapest tshark run that yields the same information as the decode row
@@ -136,14 +137,15 @@ def child(mode: str, path: str) -> None:
 
         for _conv in read_conversations(path):
             count += 1
-    elif mode == "tshark":
-        cmd = ["tshark", "-n", "-r", path, "-Y", "tcp.len>0", "-T", "fields"]
-        cmd += ["-e", "tcp.stream", "-e", "tcp.payload"]
+    elif mode.startswith("tshark"):
+        cmd = ["tshark", "-n", "-r", path, "-T", "fields", "-e", "tcp.stream"]
+        if mode == "tshark":
+            cmd += ["-Y", "tcp.len>0", "-e", "tcp.payload"]
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     else:
         raise SystemExit(f"unknown mode {mode}")
     elapsed = time.perf_counter() - start
-    who = resource.RUSAGE_CHILDREN if mode == "tshark" else resource.RUSAGE_SELF
+    who = resource.RUSAGE_CHILDREN if mode.startswith("tshark") else resource.RUSAGE_SELF
     use = resource.getrusage(who)
     print(f"{elapsed:.4f} {use.ru_utime + use.ru_stime:.4f} {use.ru_maxrss} {count}")
 
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("read_conversations not importable: pipeline row skipped")
     if shutil.which("tshark"):
-        modes.append("tshark")
+        modes += ["tshark", "tshark0"]
     else:
         print("tshark not found: tshark row skipped")
 
@@ -236,7 +238,7 @@ def print_table(rows: list[tuple[str, int, int, float, float, int, int]]) -> Non
         ratio = "-"
         if pk in tshark:
             ratio = f"{tshark[pk][0] / secs:5.1f}x /{tshark[pk][1] / cpu:5.1f}x"
-        items = "-" if mode == "tshark" else str(count)
+        items = "-" if mode.startswith("tshark") else str(count)
         print(
             f"{mode:9s} {pk:9d} {size / 1e6:7.1f} {secs:7.2f} {cpu:7.2f} {pk / cpu:9.0f} "
             f"{size / 1e6 / cpu:6.1f} {rss / 1024:7.1f}Mi {items:>8s} {ratio:>15s}"
