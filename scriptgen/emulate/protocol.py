@@ -49,6 +49,9 @@ class EmulatorProtocol(Protocol):
         self.started = 0.0
         self.last_data = 0.0
         self._timers: dict[str, Any] = {}
+        self.gate: Any = None  # scriptgen.emulate.gate.Gate, set by the factory
+        self._held: Any = None  # Deferred: an answer waits until the gate opened a port
+        self._after_hold: list[Step] = []
 
     # --- connection life ---
 
@@ -56,6 +59,10 @@ class EmulatorProtocol(Protocol):
         rt = self.runtime
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.where = Endpoint("tcp", peer.host, peer.port, host.host, host.port, new_session_id())
+        if self.gate is not None and not self.gate.admit(self.machine.key, self.where):
+            self.refused = self.closing = True  # closed for this source: reset at once
+            self.transport.abortConnection()
+            return
         broken = rt.limiter.acquire(peer.host)
         if broken is not None:
             self.refused = self.closing = True
@@ -100,6 +107,9 @@ class EmulatorProtocol(Protocol):
         if self.lost:
             self._ignore(data)
             return
+        if self._held is not None:
+            self._after_hold.extend(self.dialog.feed(data))
+            return
         self._run(self.dialog.feed(data))
 
     # --- half-close: ``printf 'PING\r\n' | nc`` sends, then shuts its side ---
@@ -111,6 +121,9 @@ class EmulatorProtocol(Protocol):
         with the client's FIN would never be answered.
         """
         if self.closing:
+            return
+        if self._held is not None:  # first the held answer, then this
+            self._held.addBoth(lambda r: (self.readConnectionLost(), r)[1])
             return
         if not self.lost:
             self._run(self.dialog.expire("incomplete"))
@@ -135,8 +148,11 @@ class EmulatorProtocol(Protocol):
     # --- steps ---
 
     def _run(self, steps: list[Step]) -> None:
-        for step in steps:
+        for i, step in enumerate(steps):
             if self.closing:
+                return
+            if self._held is not None:  # the rest waits for the held answer
+                self._after_hold.extend(steps[i:])
                 return
             if isinstance(step, Matched):
                 self._matched(step)
@@ -181,8 +197,32 @@ class EmulatorProtocol(Protocol):
         """Send the state's answer, then do what the server did there.
 
         The answer is logged with the request that caused it (one event per
-        request keeps logging affordable at high request rates).
+        request keeps logging affordable at high request rates). A state with
+        signals first opens the ports they name for this source; its answer
+        waits until the gate confirms, so a client that connects as soon as
+        it reads the answer is not refused by a race.
         """
+        signals = self.machine.machine.states[state.id].signals
+        if self.gate is not None and signals:
+            opened = self.gate.signal(self.where, state.id, signals)
+            if not opened.called:
+                self._held = opened
+                self.transport.pauseProducing()
+                opened.addBoth(self._release, state, answer)
+                return
+        self._answer(state, answer)
+
+    def _release(self, _: Any, state: StateIndex, answer: bytes) -> None:
+        self._held = None
+        if self.closing:
+            return
+        self.transport.resumeProducing()
+        self._answer(state, answer)
+        queued, self._after_hold = self._after_hold, []
+        if not self.closing:
+            self._run(queued)
+
+    def _answer(self, state: StateIndex, answer: bytes) -> None:
         if answer:
             self.transport.write(answer)
             self.bytes_out += len(answer)
@@ -280,6 +320,7 @@ class EmulatorFactory(Factory):
     """Builds protocols for one served (protocol, port) with the current model."""
 
     noisy = False
+    gate: Any = None  # the service's scriptgen.emulate.gate.Gate (None: nothing gated)
 
     def __init__(self, runtime: Runtime, spec: PortSpec) -> None:
         self.runtime = runtime
@@ -291,4 +332,5 @@ class EmulatorFactory(Factory):
             return None  # Twisted closes the connection
         proto = EmulatorProtocol(self.runtime, machine)
         proto.factory = self
+        proto.gate = self.gate
         return proto
