@@ -221,6 +221,15 @@ def test_absurd_lengths_allocate_little() -> None:
     assert peak < 8 << 20
 
 
+def test_pcapng_interface_flood_is_bounded() -> None:
+    from scriptgen.trace.pcapfile import MAX_INTERFACES
+
+    blob = ng_shb() + ng_idb(1) * (MAX_INTERFACES + 10) + ng_epb(MAX_INTERFACES + 5, 0, FRAMES[0])
+    segs, stats = run(blob + ng_epb(0, 0, FRAMES[1]))
+    assert [s.sport for s in segs] == [1001]
+    assert stats.warnings["bad-block"] == 10 + 1  # the extra interfaces, then their packet
+
+
 # ------------------------------------------------------------------ garbage
 
 

@@ -43,6 +43,7 @@ MAX_PACKET_BLOCK = MAX_CAPLEN + 64 * 1024  # EPB/PB/SPB incl. options
 MAX_META_BLOCK = 1 << 20  # SHB/IDB are read whole; a larger one is damage
 MAX_BLOCK = 256 << 20  # any other block is skipped as a stream up to this size
 RESYNC_WINDOW = 1 << 20  # how far past damage we look for the next record
+MAX_INTERFACES = 4096  # per pcapng section; a file of nothing but IDBs must not grow memory
 
 _PCAP_MAGICS = {
     # magic as read little-endian -> (byte order, fraction divisor, record header length)
@@ -626,6 +627,9 @@ def _other_packet_block(
     if btype == _IDB:
         if blen < 20:
             r.stats.warn("bad-block", f"{r.name}: offset {r.offset}: short interface block")
+            return None
+        if len(ifaces) >= MAX_INTERFACES:
+            r.stats.warn("bad-block", f"{r.name}: more than {MAX_INTERFACES} interfaces")
             return None
         ifaces.append(_parse_idb(buf, pos, blen, endian, r))
         return None
