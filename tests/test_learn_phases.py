@@ -40,9 +40,19 @@ def depth(machine: Machine) -> int:
     return d(machine.root)
 
 
-def test_figure6_one_more_level_per_refinement_step():
+def real_analyser():
+    try:
+        from scriptgen.learn.regions import RegionOptions, analyse
+    except ImportError:
+        pytest.skip("scriptgen.learn.regions not available yet")
+    options = RegionOptions()
+    return lambda samples: analyse(samples, options)
+
+
+@pytest.mark.parametrize("which", ["standin", "real"])
+def test_figure6_one_more_level_per_refinement_step(which):
     machine = Machine("tcp", 21)
-    learner = Learner(machine, make_standin())
+    learner = Learner(machine, make_standin() if which == "standin" else real_analyser())
     learner.add(figure6_flows())
     # step 1: the empty machine puts every flow in the root bucket
     assert bucket_sizes(machine) == {machine.root: 10}
