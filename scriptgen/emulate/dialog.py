@@ -39,6 +39,8 @@ from typing import Any
 from scriptgen.emulate.matching import CompiledMachine, Rule, StateIndex
 from scriptgen.model import End
 
+LAZY_FROM = 4096  # incomplete requests larger than this are judged lazily
+
 
 class Waiting(enum.Enum):
     NOTHING = "nothing"  # buffer empty (or consumed)
@@ -83,6 +85,9 @@ class Dialog:
         self.max_buffer = max_buffer
         self.waiting = Waiting.NOTHING
         self.requests = 0  # requests matched so far
+        self.judgements = 0  # buffers judged without the cache (tests, benchmarks)
+        self._judged = 0  # buffer length when it was last judged
+        self._deferred = False  # judging postponed (see feed)
 
     @property
     def root(self) -> StateIndex:
@@ -93,6 +98,16 @@ class Dialog:
     def feed(self, data: bytes) -> list[Step]:
         """Append stream bytes; return the steps they complete."""
         self.buffer = self.buffer + data if self.buffer else data
+        size = len(self.buffer)
+        if (self.waiting is Waiting.MORE or self._deferred) and LAZY_FROM < size <= self.max_buffer:
+            if size < self._judged + self._judged // 8:
+                # A big request trickling in: judging the whole buffer again on
+                # every small segment would cost O(n^2) regex work (a cheap
+                # attack). Judge again when it grew by 1/8, or when the stream
+                # pauses for the settle delay.
+                self.waiting = Waiting.SETTLE
+                self._deferred = True
+                return []
         steps = self._drain(final=False)
         if len(self.buffer) > self.max_buffer:
             size = len(self.buffer)
@@ -115,6 +130,8 @@ class Dialog:
 
     def _drain(self, final: bool) -> list[Step]:
         steps: list[Step] = []
+        self._judged = len(self.buffer)
+        self._deferred = False
         while self.buffer:
             step = self._decide(final)
             if step is None:
@@ -126,11 +143,12 @@ class Dialog:
         return steps
 
     def _decide(self, final: bool) -> Step | None:
-        key = (self.buffer, final)
-        decision = self.state.cached(key)
+        key = (self.state.id, self.buffer, final)
+        decision = self.machine.cached(key)
         if decision is None:
+            self.judgements += 1
             decision = self._judge(self.buffer, self.state, final)
-            self.state.remember(key, decision)
+            self.machine.remember(key, decision)
         kind = decision[0]
         if kind == "take":
             return self._take(decision[1], decision[2])

@@ -14,7 +14,7 @@ order of decreasing specificity (ties: transition order), so the first full
 match is the answer of ``State.best_transition`` and the search stops there.
 Cheap byte tests (``required`` region present, first fixed region inside its
 window) reject most remaining candidates before any regex runs, and each
-state remembers recent "where does the request end" decisions.
+machine remembers recent "where does the request end" decisions.
 
 The result must always equal ``State.best_transition`` (the model's matching
 function); the tests check that on random machines.
@@ -32,7 +32,7 @@ from scriptgen.model import End, Machine, Pattern, State, Transition
 
 ANCHOR_BYTES = 16  # bytes of the anchoring fixed region used as the dict key
 MAX_WINDOW = 64  # largest offset range an anchor may float in and still be indexed
-CACHE_ENTRIES = 1024  # decisions remembered per state
+CACHE_ENTRIES = 4096  # decisions remembered per machine
 CACHE_MAX_REQUEST = 512  # only for buffers up to this size
 
 
@@ -188,9 +188,6 @@ class StateIndex:
     rules: list[Rule]
     groups: list[tuple[int, int, int, dict[bytes, list[Rule]]]] = field(default_factory=list)
     floating: list[Rule] = field(default_factory=list)
-    # Where a request ends depends only on (state, buffer, settled): scanners
-    # repeat the same requests, so remember recent decisions.
-    decisions: dict[tuple[bytes, bool], Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"StateIndex({self.id}, {len(self.rules)} rules)"
@@ -289,17 +286,6 @@ class StateIndex:
             if n:
                 yield rule, n
 
-    def cached(self, key: tuple[bytes, bool]) -> Any:
-        return self.decisions.get(key)
-
-    def remember(self, key: tuple[bytes, bool], decision: Any) -> None:
-        """Keep a decision for a small buffer; the table is bounded (cleared when full)."""
-        if len(key[0]) > CACHE_MAX_REQUEST:
-            return
-        if len(self.decisions) >= CACHE_ENTRIES:
-            self.decisions.clear()
-        self.decisions[key] = decision
-
 
 @dataclass(slots=True)
 class CompiledMachine:
@@ -309,6 +295,20 @@ class CompiledMachine:
     states: dict[int, StateIndex]
     root: int
     source: str = ""  # the file it came from, for events
+    # Where a request ends depends only on (state, buffer, settled): scanners
+    # repeat the same requests, so recent decisions are remembered, in one
+    # table per machine with a fixed bound (an attacker can fill it, not grow it).
+    decisions: dict[tuple[int, bytes, bool], Any] = field(default_factory=dict)
+
+    def cached(self, key: tuple[int, bytes, bool]) -> Any:
+        return self.decisions.get(key)
+
+    def remember(self, key: tuple[int, bytes, bool], decision: Any) -> None:
+        if len(key[1]) > CACHE_MAX_REQUEST:
+            return
+        if len(self.decisions) >= CACHE_ENTRIES:
+            self.decisions.clear()
+        self.decisions[key] = decision
 
     @classmethod
     def build(cls, machine: Machine, source: str = "") -> CompiledMachine:
