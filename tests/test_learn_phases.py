@@ -312,3 +312,29 @@ def test_examples_are_bounded_and_ignored_when_stale():
     fresh = Learner(machine, make_standin())
     (t,) = machine.states[0].transitions
     assert fresh.examples_of(t) == [b"USER user7\r\n"]
+
+
+def test_widening_never_takes_the_requests_of_a_less_specific_sibling():
+    machine = Machine("tcp", 21)
+    narrow, broad = machine.new_state(), machine.new_state()
+    root = machine.states[0]
+    # "GET " + 1..2 bytes (4 fixed bytes) and a broad "anything ending in Z" (1 fixed byte)
+    root.transitions.append(
+        Transition(Pattern((Region(b"GET "), Region.mutating(1, 2))), narrow.id)
+    )
+    root.transitions.append(Transition(Pattern((Region.mutating(1, 20), Region(b"Z"))), broad.id))
+    learner = Learner(machine, make_standin(min_size=99), LearnOptions(widen_slack=8))
+    learner.add([dialog([(b"GET abcdZ", b"b")])])  # the broad one takes it
+    assert broad.samples == 1
+    # A near miss of the narrow one (within the slack) that the broad one does not take:
+    learner.add([dialog([(b"GET " + b"x" * 9, b"?")])])
+    learner.refine()
+    # widening "GET " to <1..9> would also take "GET abcdZ" from the broad one: refused
+    assert root.transitions[0].pattern.regions[1].max_len == 2
+    assert machine.states[0].best_transition(b"GET abcdZ")[0].target == broad.id
+    # without that conflict the same near miss widens
+    machine.states[0].transitions[1].pattern = Pattern((Region.mutating(1, 20), Region(b"Q")))
+    learner.examples.clear()
+    learner.add([dialog([(b"GET " + b"y" * 9, b"?")])])
+    learner.refine()
+    assert root.transitions[0].pattern.regions[1].max_len == 9

@@ -294,8 +294,9 @@ class Learner:
 
         Region analysis learned each mutating region's length range from the
         samples it saw; a later capture with a longer value would otherwise
-        sit in the bucket alone. Fixed regions must still match exactly, and
-        only a single, unambiguous near match is widened.
+        sit in the bucket alone. Fixed regions must still match exactly, only
+        a single, unambiguous near match is widened, and never so far that it
+        would take the known requests of a less specific sibling.
         """
         if not state.transitions:
             return 0
@@ -318,7 +319,11 @@ class Learner:
             if len(hits) != 1:
                 continue
             t, m = hits[0]
-            t.pattern = _widened(t.pattern, m)
+            wider = _widened(t.pattern, m)
+            others = [(e, u) for u in state.transitions if u is not t for e in self.examples_of(u)]
+            if self._steals(wider, t, [e for e, _ in others], [u for _, u in others]):
+                continue  # the wider form would take requests another transition takes now
+            t.pattern = wider
             widened += 1
         return widened
 
