@@ -10,7 +10,13 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("show", help="display learned state machines")
     p.add_argument("model_dir", metavar="DIR")
-    p.add_argument("--format", choices=("text", "dot", "json"), default="text")
+    p.add_argument(
+        "--format",
+        choices=("text", "dot", "json"),
+        default="text",
+        help="text: indented tree; dot: Graphviz (| dot -Tsvg); "
+        "json: the model file (several models: a JSON array)",
+    )
     p.add_argument(
         "--port", type=int, action="append", metavar="N", help="only this port (repeatable)"
     )

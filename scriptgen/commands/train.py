@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.pcaps:  # unreadable files fail before any work, with one line
         path = Path(name)
         if not path.is_file():
-            print(f"scriptgen: {name}: no such file", file=sys.stderr)
+            problem = "not a regular file" if path.exists() else "no such file"
+            print(f"scriptgen: {name}: {problem}", file=sys.stderr)
             return 1
     if args.jobs < 1:
         print("scriptgen: --jobs must be at least 1", file=sys.stderr)
