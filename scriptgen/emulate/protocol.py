@@ -166,7 +166,7 @@ class EmulatorProtocol(Protocol):
 
     def _matched(self, step: Matched) -> None:
         target = step.target
-        answer = self.answers.answer(target.id, target.answer, step.request, lambda: step.match)
+        answer = self.answers.answer(target.id, target.answer, step.request, step.match)
         self.runtime.events.emit(
             "scriptgen.request.matched",
             self.where,
