@@ -77,7 +77,7 @@ class EmulatorDatagramProtocol(DatagramProtocol):
             target = step.target
             answer = target.answer
             if session.answers is not None:
-                answer = session.answers.answer(target.id, answer, step.request, lambda: step.match)
+                answer = session.answers.answer(target.id, answer, step.request, step.match)
             rt.events.emit(
                 "scriptgen.request.matched",
                 session.where,
