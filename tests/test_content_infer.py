@@ -332,3 +332,25 @@ def test_inference_is_fast_enough_on_wide_samples() -> None:
     started = time.monotonic()
     learn(m, ds)
     assert time.monotonic() - started < 10
+
+
+def test_live_answers_reads_matches_lazily_and_can_be_switched_off() -> None:
+    from scriptgen.emulate.rewrite import LiveAnswers
+
+    m = chain(ID_PATTERN)
+    learn(m, id_dialogs([b"\x01\x02", b"\x03\x04", b"\x05\x06"]))
+    req = b"ID\xaa\xbbEND"
+    calls = []
+
+    def lazy() -> object:
+        calls.append(1)
+        return ID_PATTERN.fullmatch(req)
+
+    on = LiveAnswers(m.states, True, Rewriter(random.Random(1)))
+    assert on.answer(1, m.states[1].answer, req, lazy) == b"OK\xaa\xbb!"
+    assert calls == [1]
+    off = LiveAnswers(m.states, False)
+    assert off.answer(1, m.states[1].answer, req, lazy) == m.states[1].answer
+    assert calls == [1]  # never computed when off
+    odd = LiveAnswers(m.states, True)
+    assert odd.answer(1, m.states[1].answer, req, lambda: lazy) == m.states[1].answer

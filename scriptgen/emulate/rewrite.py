@@ -53,7 +53,9 @@ class History:
         if callable(match):
             match = match()
             self.requests[-1 - back] = (data, match)
-        if match is None or (groups is not None and match.re.groups != groups):
+        if not hasattr(match, "re"):  # None, or not a regex match: nothing to read
+            return None
+        if groups is not None and match.re.groups != groups:
             return None
         try:
             start, end = match.start(region + 1), match.end(region + 1)
@@ -243,6 +245,9 @@ class LiveAnswers:
         if deps:
             if self.rewriter is None:
                 self.rewriter = Rewriter()
-            template = self.rewriter.apply(template, deps, self.history)
+            try:
+                template = self.rewriter.apply(template, deps, self.history)
+            except Exception:  # noqa: BLE001 - a model/rewriter bug must not kill the session
+                pass  # the template as learned is still a plausible answer
         self.history.answer(template)
         return template
