@@ -196,11 +196,23 @@ CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
 
 @pytest.mark.corpus
+@pytest.mark.parametrize("kind", sorted(INCREMENTAL_KINDS))
 @pytest.mark.parametrize(
     "name,key",
-    [("zeek/ftp__bruteforce.pcap", ("tcp", 21)), ("zeek/mysql__auth.pcap", ("tcp", 3306))],
+    [
+        ("zeek/ftp__bruteforce.pcap", ("tcp", 21)),
+        ("zeek/mysql__auth.pcap", ("tcp", 3306)),
+        ("suricata_verify/dcerpc__zerologon__input.pcap", ("tcp", 49668)),
+        ("suricata_verify/dcerpc__zerologon__input.pcap", ("tcp", 445)),
+    ],
 )
-def test_incremental_on_public_captures(tmp_path, name, key):
+def test_incremental_on_public_captures(tmp_path, name, key, kind, request):
+    if kind == "real-defaults" and key == ("tcp", 445) and "zerologon" in name:
+        # Measured: 4 of 11 dialogs. With 5-6 dialogs per half, A's clustering
+        # splits a branch (at depth 4) that A+B keeps whole; the samples below
+        # it fall under min_cluster_size in each branch, and re-analysis with
+        # remembered examples widens transitions but never merges siblings.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="A splits what A+B keeps whole"))
     path = CORPORA / name
     if not path.is_file():
         pytest.skip(f"{path} absent")
@@ -209,8 +221,9 @@ def test_incremental_on_public_captures(tmp_path, name, key):
     convs = [c for c in read_conversations(path) if c.server.port == key[1]][:200]
     if len(convs) < 4:
         pytest.skip("too few conversations")
-    analyser, options = analysis("standin")
-    check_incremental(tmp_path, convs[::2], convs[1::2], key, analyser, options)
+    which, region, tolerance = INCREMENTAL_KINDS[kind]
+    analyser, options = analysis(which, **region)
+    check_incremental(tmp_path, convs[::2], convs[1::2], key, analyser, options, tolerance)
 
 
 # -- models already in the directory ---------------------------------------------
