@@ -148,6 +148,23 @@ def test_pcap_lying_caplen_in_the_middle_resyncs(caplen: int) -> None:
     assert stats.warnings["bad-length"] == 1 and stats.warnings["resync"] == 1
 
 
+def test_resync_crosses_megabytes_of_garbage() -> None:
+    rng = random.Random(5)
+    garbage = rng.randbytes(3 << 20)
+    offs = _pcap_offsets(SMALL_PCAP)
+    bad = bytearray(SMALL_PCAP[: offs[3]] + b"\xff" * 16)  # a record header that lies
+    segs, stats = run(bytes(bad) + garbage + SMALL_PCAP[offs[3] :])
+    assert [s.sport for s in segs] == [1000 + i for i in range(6)]
+    assert stats.warnings["resync"] == 1
+    ng = _ng_offsets(SMALL_PCAPNG)
+    blob = SMALL_PCAPNG[: ng[5]] + b"\x06\0\0\0\xff\xff\xff\xff" + garbage + SMALL_PCAPNG[ng[5] :]
+    segs, stats = run(blob)
+    assert [s.sport for s in segs] == [1000 + i for i in range(6)]
+    # and a capture whose tail is all garbage ends, with one report
+    segs, stats = run(SMALL_PCAP + b"\xff" * 16 + garbage)
+    assert len(segs) == 6 and stats.warnings["resync-failed"] == 1
+
+
 def test_pcap_lying_caplen_in_first_record_stops_cleanly() -> None:
     blob = bytearray(SMALL_PCAP)
     struct.pack_into("<I", blob, 24 + 8, 0xFFFFFFF0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -42,7 +41,8 @@ MAX_CAPLEN = 256 * 1024  # a frame longer than this is a lying length field
 MAX_PACKET_BLOCK = MAX_CAPLEN + 64 * 1024  # EPB/PB/SPB incl. options
 MAX_META_BLOCK = 1 << 20  # SHB/IDB are read whole; a larger one is damage
 MAX_BLOCK = 256 << 20  # any other block is skipped as a stream up to this size
-RESYNC_WINDOW = 1 << 20  # how far past damage we look for the next record
+RESYNC_WINDOW = 1 << 20  # damage is searched for the next record one window at a time
+RESYNC_LOOKAHEAD = 2 * MAX_PACKET_BLOCK  # bytes past a window a candidate may need
 MAX_INTERFACES = 4096  # per pcapng section; a file of nothing but IDBs must not grow memory
 
 _PCAP_MAGICS = {
@@ -332,8 +332,44 @@ def _iter_pcap(
         r.close()
 
 
+def _scan(r: _Reader, keys: list[bytes], shift: int, check) -> int:  # noqa: ANN001
+    """Move ``r.pos`` to the first position after it that ``check`` accepts.
+
+    Candidates are where one of the literal ``keys`` occurs (at ``p + shift``);
+    ``bytes.find`` locates them far faster than a regular expression would.
+    The search goes window by window to the end of the file, holding at most
+    one window plus ``RESYNC_LOOKAHEAD`` bytes. Returns the number of bytes
+    skipped, or -1 when nothing plausible is left.
+    """
+    start = r.offset
+    first = 1  # the damaged position itself is not a candidate
+    keylen = max(len(k) for k in keys)
+    while True:
+        r.fill(RESYNC_WINDOW + RESYNC_LOOKAHEAD)
+        buf, pos = r.buf, r.pos
+        limit = min(len(buf), pos + RESYNC_WINDOW)
+        endpos = min(len(buf), limit + shift + keylen)
+        find = buf.find
+        nexts = {k: find(k, pos + first + shift, endpos) for k in keys}
+        while True:
+            live = [x for x in nexts.values() if x >= 0]
+            if not live:
+                break
+            x = min(live)
+            if check(buf, x - shift):
+                r.pos = x - shift
+                return r.offset - start
+            for k, v in nexts.items():
+                if v == x:
+                    nexts[k] = find(k, x + 1, endpos)
+        if limit >= len(buf):
+            return -1
+        r.pos = limit
+        first = 0
+
+
 def _resync_pcap(r: _Reader, endian: str, hdrlen: int, div: int, prev_sec: int) -> bool:
-    """After a lying record header, find the next plausible one within a window.
+    """After a lying record header, find the next plausible one.
 
     A candidate must have a timestamp close to the last good one (found by
     searching for the high 16 bits of the seconds), a sane length, and be
@@ -343,17 +379,14 @@ def _resync_pcap(r: _Reader, endian: str, hdrlen: int, div: int, prev_sec: int) 
     if prev_sec < 0:
         r.stats.warn("resync-failed", f"{r.name}: no good record before offset {start}; stopped")
         return False
-    r.fill(RESYNC_WINDOW + 2 * hdrlen + MAX_CAPLEN)
-    buf, pos = r.buf, r.pos
-    limit = min(len(buf) - hdrlen, pos + RESYNC_WINDOW)
     unpack = struct.Struct(endian + "IIII").unpack_from
     hi = prev_sec >> 16
-    shift = 2 if endian == "<" else 0
-    keys = {struct.pack(endian + "H", h & 0xFFFF) for h in (hi, hi + 1)}
-    pattern = re.compile(b"(?=" + b"|".join(re.escape(k) for k in keys) + b")")
+    keys = [struct.pack(endian + "H", h & 0xFFFF) for h in (hi, hi + 1)]
 
-    def sane(p: int) -> int:
+    def sane(buf: bytes, p: int) -> int:
         """Length of the record at p, or -1 if its header is implausible."""
+        if p < 0 or p + hdrlen > len(buf):
+            return -1
         sec, frac, caplen, origlen = unpack(buf, p)
         if abs(sec - prev_sec) > 0x20000 or frac >= div or caplen > MAX_CAPLEN:
             return -1
@@ -361,24 +394,23 @@ def _resync_pcap(r: _Reader, endian: str, hdrlen: int, div: int, prev_sec: int) 
             return -1
         return caplen
 
-    for m in pattern.finditer(buf, pos + 1 + shift, limit + shift):
-        p = m.start() - shift
-        caplen = sane(p)
+    def check(buf: bytes, p: int) -> bool:
+        caplen = sane(buf, p)
         if caplen < 0:
-            continue
+            return False
         q = p + hdrlen + caplen
         if q + hdrlen <= len(buf):
-            if sane(q) < 0:
-                continue
-        elif not (r.eof and q == len(buf)):
-            continue
-        r.pos = p
-        r.stats.warn("resync", f"{r.name}: skipped {p - pos} bytes from offset {start}")
-        return True
-    r.stats.warn(
-        "resync-failed", f"{r.name}: no plausible record after offset {start}; rest ignored"
-    )
-    return False
+            return sane(buf, q) >= 0
+        return r.eof and q == len(buf)
+
+    skipped = _scan(r, keys, 2 if endian == "<" else 0, check)
+    if skipped < 0:
+        r.stats.warn(
+            "resync-failed", f"{r.name}: no plausible record after offset {start}; rest ignored"
+        )
+        return False
+    r.stats.warn("resync", f"{r.name}: skipped {skipped} bytes from offset {start}")
+    return True
 
 
 # ---------------------------------------------------------------- pcapng
@@ -662,27 +694,24 @@ def _other_packet_block(
 def _resync_pcapng(r: _Reader, endian: str) -> bool:
     """Find the next block that looks whole (known type, sane length, matching trailer)."""
     start = r.offset
-    r.fill(RESYNC_WINDOW + MAX_PACKET_BLOCK)
-    buf, pos = r.buf, r.pos
     u32 = struct.Struct(endian + "I").unpack_from
-    alt = b"|".join(re.escape(struct.pack(endian + "I", t)) for t in _KNOWN_BLOCKS)
-    pattern = re.compile(b"(?=" + alt + b")")
-    limit = min(len(buf) - 12, pos + RESYNC_WINDOW)
-    for m in pattern.finditer(buf, pos + 1, max(limit, pos + 1)):
-        p = m.start()
+    keys = [struct.pack(endian + "I", t) for t in _KNOWN_BLOCKS]
+
+    def check(buf: bytes, p: int) -> bool:
+        if p + 12 > len(buf):
+            return False
         if buf[p : p + 4] == b"\x0a\x0d\x0d\x0a" and buf[p + 8 : p + 12] in _BOMS:
-            r.pos = p  # a new section; its own byte order is checked by _read_shb
-            r.stats.warn("resync", f"{r.name}: skipped {p - pos} bytes from offset {start}")
-            return True
+            return True  # a new section; its own byte order is checked by _read_shb
         (blen,) = u32(buf, p + 4)
         if blen < 12 or blen & 3 or blen > MAX_PACKET_BLOCK or p + blen > len(buf):
-            continue
-        if u32(buf, p + blen - 4)[0] != blen:
-            continue
-        r.pos = p
-        r.stats.warn("resync", f"{r.name}: skipped {p - pos} bytes from offset {start}")
-        return True
-    r.stats.warn(
-        "resync-failed", f"{r.name}: no plausible block after offset {start}; rest ignored"
-    )
-    return False
+            return False
+        return u32(buf, p + blen - 4)[0] == blen
+
+    skipped = _scan(r, keys, 0, check)
+    if skipped < 0:
+        r.stats.warn(
+            "resync-failed", f"{r.name}: no plausible block after offset {start}; rest ignored"
+        )
+        return False
+    r.stats.warn("resync", f"{r.name}: skipped {skipped} bytes from offset {start}")
+    return True
