@@ -6,8 +6,9 @@ The file is read in large chunks and records are cut out of each chunk with
 ``struct.unpack_from``; no length field from the file is trusted before it is
 checked against a hard cap, so a lying header can neither allocate much
 memory nor loop forever. Damage in the middle of a file is reported to a
-``TraceStats`` and the reader looks for the next plausible record (within a
-bounded window) instead of giving up on the rest of the file.
+``TraceStats`` and the reader looks for the next plausible record (a header
+with sane fields followed by another one; scanned one window at a time, so
+memory stays bounded) instead of giving up on the rest of the file.
 
 Only ``iter_records`` raises, and only ``TraceError``: when the file cannot
 be opened or does not start like a capture.
