@@ -191,3 +191,17 @@ def test_unserialisable_field_is_dropped_not_raised(tmp_path: Path) -> None:
     lines = read_lines(tmp_path / "e.json")
     assert [e["eventid"] for e in lines] == ["scriptgen.log.dropped", "scriptgen.service.stopped"]
     assert lines[0]["count"] == 1 and len(warnings) == 1
+
+
+def test_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "e.json", queue_size=1000, queue_bytes=20000, payload_bytes=4096)
+    for _ in range(20):  # not started: nothing drains; each event carries ~8 kB of hex
+        log.emit("scriptgen.request.unmatched", WHERE, request=b"\xaa" * 4096)
+    assert 0 < log.dropped_total < 20
+    queued = 20 - log.dropped_total
+    assert queued * 8192 <= 20000 + 9000  # at most one event beyond the bound
+    log.start()
+    assert log.flush()
+    log.close()
+    lines = read_lines(tmp_path / "e.json")
+    assert lines[0]["eventid"] == "scriptgen.log.dropped" and lines[0]["count"] == log.dropped_total

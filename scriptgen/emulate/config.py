@@ -67,6 +67,7 @@ class Limits:
     unmatched_per_source: int = 8
     unmatched_bytes: int = 16 * 1024 * 1024
     event_queue: int = 10000
+    event_queue_bytes: int = 16 * 1024 * 1024
     log_payload_bytes: int = 4096
 
 
@@ -226,6 +227,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "unmatched_per_source": _int(0),
         "unmatched_bytes": _int(0),
         "event_queue": _int(1),
+        "event_queue_bytes": _int(1024),
         "log_payload_bytes": _int(0),
     },
 }

@@ -152,6 +152,7 @@ class EventLog:
         path: Path | None,
         *,
         queue_size: int = 10000,
+        queue_bytes: int = 16 * 1024 * 1024,
         payload_bytes: int = 4096,
         warn: Callable[[str], None] = lambda line: None,
         clock: Callable[[], float] = time.time,
@@ -164,6 +165,11 @@ class EventLog:
         # take no lock, so emit costs the reactor almost nothing; the writer
         # polls it (POLL seconds) instead of being woken per event.
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        # Bytes queued = _in_bytes - _out_bytes; each counter has one writer
+        # thread (emitter, writer), so no lock is needed.
+        self._in_bytes = 0
+        self._out_bytes = 0
         self._pending: deque[Any] = deque()
         self._wake = threading.Event()
         self._urgent = max(1, queue_size // 2)
@@ -188,10 +194,11 @@ class EventLog:
             raise ValueError(f"event id {eventid!r} is not in the catalogue")
         if self.path is None:
             return
-        if len(self._pending) >= self.queue_size:
-            with self._lock:
-                self._queue_dropped += 1
-                self.dropped_total += 1
+        if (
+            len(self._pending) >= self.queue_size
+            or self._in_bytes - self._out_bytes >= self.queue_bytes
+        ):
+            self._drop()
             return
         # Serialised here, on the emitting thread: a writer thread busy in
         # Python code would hold the GIL and stall the reactor for whole
@@ -206,14 +213,18 @@ class EventLog:
                 self.payload_bytes,
             )
         except Exception as e:  # a bad field must not take the caller down
-            with self._lock:
-                self._queue_dropped += 1
-                self.dropped_total += 1
+            self._drop()
             self._warn(f"scriptgen: event log: cannot serialise {eventid}: {e}")
             return
+        self._in_bytes += len(line)
         self._pending.append(line)
         if len(self._pending) == self._urgent:
             self._wake.set()  # filling up: write now rather than at the next poll
+
+    def _drop(self) -> None:
+        with self._lock:
+            self._queue_dropped += 1
+            self.dropped_total += 1
 
     def start(self) -> None:
         if self.path is None or self._thread is not None:
@@ -261,6 +272,7 @@ class EventLog:
                 else:
                     events.append(item)
             if events:
+                self._out_bytes += sum(len(line) for line in events)
                 self._write_events(events)
             for marker in markers:
                 marker.set()

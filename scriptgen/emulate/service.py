@@ -195,6 +195,7 @@ def make_service(
         events = EventLog(
             config.events,
             queue_size=lim.event_queue,
+            queue_bytes=lim.event_queue_bytes,
             payload_bytes=lim.log_payload_bytes,
             warn=warn,
         )
