@@ -9,6 +9,7 @@ same captures and options give byte-identical files, whatever ``jobs`` is.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -287,7 +288,10 @@ def _learn_all(
             if progress:
                 progress("learn", n, total, f"{key[0]}/{key[1]}")
         return steps
-    with ProcessPoolExecutor(max_workers=min(jobs, len(keys))) as pool:
+    # forkserver: workers never inherit this process's threads (a progress bar's
+    # monitor thread, a reactor) or their locks, as plain fork would.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(keys)), mp_context=context) as pool:
         futures = {
             key: pool.submit(
                 _learn_json, machine_to_json(machines[key]), groups[key], options, analyser
