@@ -2,13 +2,15 @@
 clients get the expected answers, captures hold the dialogs, and everything the
 lab started is gone afterwards.
 
-The servers bind to 127.0.0.12 here (not the lab's default 127.0.0.2) so these
-tests do not collide with a capture or benchmark running at the same time.
+The servers bind to a random 127.0.x.y per session (not the lab's default
+127.0.0.2), so these tests do not collide with a capture, a benchmark or a
+teammate's test run on the same machine.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from tests.lab.servers import PUBLIC_FILES, DnsServer, FtpServer, RedisServer, S
 from tests.lab.setup import FTP_PASSWORD, FTP_USER
 from tests.lab.variety import DRAWERS, draw_runs
 
-SMOKE_ADDR = "127.0.0.12"
+SMOKE_ADDR = f"127.0.{secrets.randbelow(150) + 100}.{secrets.randbelow(250) + 2}"
 
 
 @pytest.mark.integration
