@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import (
     IPv6,
@@ -458,3 +460,39 @@ def test_tcp_segments_match_tshark_on_varied_captures() -> None:
         ).stdout.splitlines()
         theirs = [tuple(int(x.split(",")[-1]) for x in line.split("\t")) for line in out]
         assert ours == theirs, path.name
+
+
+# ------------------------------------------------------------------ reassembly property
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(min_value=1, max_value=4000),
+    cuts=st.lists(st.integers(min_value=1, max_value=499), max_size=12),
+    dups=st.lists(st.integers(min_value=0, max_value=30), max_size=4),
+    seed=st.integers(min_value=0, max_value=2**16),
+    drop=st.booleans(),
+)
+def test_reassembly_property(
+    size: int, cuts: list[int], dups: list[int], seed: int, drop: bool
+) -> None:
+    """Any 8-aligned split, any order, any duplicates: the datagram or nothing, never wrong."""
+    body = bytes((i * 31 + seed) & 0xFF for i in range(size))
+    datagram = struct.pack("!HHHH", 7, 8, 8 + size, 0) + body
+    total = len(datagram)
+    bounds = sorted({min(c * 8, total) for c in cuts} | {0, total})
+    pieces = [(a, datagram[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    frames = [_raw_frag(9, a // 8, a + len(d) < total, d) for a, d in pieces]
+    if len(pieces) > 1:  # a single piece is an ordinary packet: a copy would be a 2nd one
+        frames += [frames[d % len(frames)] for d in dups]
+    random.Random(seed).shuffle(frames)
+    if drop and len(pieces) > 1:
+        frames = [f for f in frames if f != frames[0]]
+    stats = TraceStats()
+    segs = decode(frames, stats=stats)
+    if drop and len(pieces) > 1:
+        assert segs == [] and stats.warnings["incomplete-datagram"] >= 1
+    else:
+        # copies arriving after completion may form the datagram a second time
+        assert segs and all(s.payload == body for s in segs)
+        assert len(segs) <= 1 + len(dups)
