@@ -354,6 +354,16 @@ def test_ipv4_fragments_bounded() -> None:
     assert len(frags) == 1 and stats.warnings["incomplete-datagram"] == 10
 
 
+def test_ipv4_fragment_flood_of_duplicates_is_bounded() -> None:
+    stats = TraceStats()
+    frags = FragmentReassembler(stats)
+    frame = _raw_frag(3, 8, True, b"\0" * 1400)  # never completes: no first fragment
+    recs = [Record(1.0, 1, frame, len(frame))] * 200
+    assert list(iter_segments(recs, stats, frags)) == []
+    assert stats.warnings["incomplete-datagram"] >= 1
+    assert frags._bytes <= 2 * 65535
+
+
 def test_ipv4_fragment_beyond_64k_is_dropped() -> None:
     stats = TraceStats()
     frames = [_raw_frag(1, 0, True, b"\0" * 16), _raw_frag(1, 8190, False, b"\0" * 64)]

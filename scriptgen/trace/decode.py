@@ -417,6 +417,9 @@ class FragmentReassembler:
         ent.frags.append((offset, data))
         ent.received += len(data)
         self._bytes += len(data)
+        if ent.received > 2 * 65535:  # duplicates/overlaps beyond reason: bound the memory
+            self._drop(key, f"{ent.received} bytes of overlapping fragments")
+            return None
         if offset == 0 and ent.proto < 0:
             ent.proto = proto
         if not more and ent.total < 0:
