@@ -206,3 +206,23 @@ def test_trickled_big_request_is_judged_a_logarithmic_number_of_times() -> None:
     if not steps:
         steps = d.settle()
     assert isinstance(steps[0], Matched) and len(steps[0].request) == 60004
+
+
+def test_backtracking_pattern_runs_out_of_time_as_unmatched() -> None:
+    """Several mutating regions between repeated fixed bytes: hostile input makes
+    the regex engine backtrack for a long time; a deadline turns that into
+    an unmatched request instead of a stalled reactor."""
+    import time
+
+    m = Machine("tcp", 1)
+    s = m.new_state()
+    regions: list[Region] = []
+    for _ in range(4):
+        regions += [Region(b"A"), Region.mutating(0, 5000)]
+    m.states[0].transitions.append(Transition(Pattern((*regions, Region(b"B"))), s.id))
+    d = Dialog(CompiledMachine.build(m, timeout=0.005), 70000)
+    started = time.monotonic()
+    steps = d.feed(b"A" * 4000 + b"C")
+    assert time.monotonic() - started < 1.0
+    assert len(steps) == 1 and isinstance(steps[0], Unmatched)
+    assert steps[0].reason == "match_timeout"

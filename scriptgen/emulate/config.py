@@ -46,11 +46,22 @@ class PortSpec:
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
-    """Parsed and validated now; proxying itself is a later issue."""
+    """Proxying unmatched dialogs to pool hosts (scriptgen.emulate.proxy, docs/proxy.md)."""
 
     enabled: bool = False
     pool: tuple[str, ...] = ()
     expiry: float = 300.0
+    spool: Path = Path("var/proxy")  # recordings: pending, learned, failed
+    connect_timeout: float = 5.0
+    replay_quiet: float = 0.5  # host quiet this long: its replayed answer is complete
+    replay_timeout: float = 30.0  # connecting plus replaying one connection, at most
+    replay_similarity: float = 0.3  # replayed answer vs emulated answer, at least
+    max_relayed: int = 200  # connections handed to pool hosts at once (all sources)
+    max_relayed_per_source: int = 20
+    source_buffer_bytes: int = 1024 * 1024  # transcript bytes kept per source for a replay
+    buffer_bytes: int = 64 * 1024 * 1024  # transcript bytes kept for all sources
+    record_bytes: int = 64 * 1024 * 1024  # largest recording (pcap) per source allocation
+    learn: bool = True  # learn recordings online (off: keep them pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,7 @@ class Limits:
     max_sources: int = 10000
     unmatched_per_source: int = 8
     unmatched_bytes: int = 16 * 1024 * 1024
+    match_timeout: float = 0.05
     event_queue: int = 10000
     event_queue_bytes: int = 16 * 1024 * 1024
     log_payload_bytes: int = 4096
@@ -120,6 +132,13 @@ def _bool(text: str) -> bool:
     if lowered in ("0", "no", "false", "off"):
         return False
     raise ValueError(f"not a boolean (true/false): {text!r}")
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if value > 1:
+        raise ValueError(f"must be between 0 and 1: {text!r}")
+    return float(value)
 
 
 def _address(text: str) -> str:
@@ -215,7 +234,22 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "gate_hold": _float(0.01),
         "content_dependencies": _bool,
     },
-    "proxy": {"enabled": _bool, "pool": _pool, "expiry": _float(1.0)},
+    "proxy": {
+        "enabled": _bool,
+        "pool": _pool,
+        "expiry": _float(0.1),
+        "spool": _path,
+        "connect_timeout": _float(0.01),
+        "replay_quiet": _float(0.01),
+        "replay_timeout": _float(0.01),
+        "replay_similarity": _fraction,
+        "max_relayed": _int(1),
+        "max_relayed_per_source": _int(1),
+        "source_buffer_bytes": _int(0),
+        "buffer_bytes": _int(0),
+        "record_bytes": _int(1024),
+        "learn": _bool,
+    },
     "limits": {
         "max_connections": _int(1),
         "max_connections_per_source": _int(1),
@@ -226,6 +260,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "max_sources": _int(1),
         "unmatched_per_source": _int(0),
         "unmatched_bytes": _int(0),
+        "match_timeout": _float(0.001),
         "event_queue": _int(1),
         "event_queue_bytes": _int(1024),
         "log_payload_bytes": _int(0),

@@ -36,7 +36,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from scriptgen.emulate.matching import CompiledMachine, Rule, StateIndex
+from scriptgen.emulate.matching import CompiledMachine, MatchTimeout, Rule, StateIndex
 from scriptgen.model import End
 
 LAZY_FROM = 4096  # incomplete requests larger than this are judged lazily
@@ -64,7 +64,9 @@ class Matched:
 class Unmatched:
     state: StateIndex
     request: bytes
-    reason: str  # "no_match" | "request_timeout" | "incomplete" (client closed mid-request)
+    # "no_match" | "request_timeout" | "incomplete" (client closed mid-request)
+    # | "match_timeout" (the regex engine ran out of time on it)
+    reason: str
 
 
 @dataclass(slots=True)
@@ -147,7 +149,10 @@ class Dialog:
         decision = self.machine.cached(key)
         if decision is None:
             self.judgements += 1
-            decision = self._judge(self.buffer, self.state, final)
+            try:
+                decision = self._judge(self.buffer, self.state, final)
+            except MatchTimeout:
+                return self._unmatched("match_timeout")
             self.machine.remember(key, decision)
         kind = decision[0]
         if kind == "take":
@@ -218,7 +223,10 @@ class Dialog:
     # --- UDP: one datagram is one request ---
 
     def datagram(self, data: bytes) -> Step:
-        rule = self.state.best(data)
+        try:
+            rule = self.state.best(data)
+        except MatchTimeout:
+            return Unmatched(self.state, data, "match_timeout")
         if rule is None:
             return Unmatched(self.state, data, "no_match")
         source = self.state

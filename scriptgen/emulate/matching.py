@@ -30,10 +30,21 @@ import regex
 
 from scriptgen.model import End, Machine, Pattern, State, Transition
 
+MATCH_TIMEOUT = 0.05  # seconds one regex evaluation may take (see MatchTimeout)
 ANCHOR_BYTES = 16  # bytes of the anchoring fixed region used as the dict key
 MAX_WINDOW = 64  # largest offset range an anchor may float in and still be indexed
 CACHE_ENTRIES = 4096  # decisions remembered per machine
 CACHE_MAX_REQUEST = 512  # only for buffers up to this size
+
+
+class MatchTimeout(Exception):
+    """A regex evaluation ran out of time.
+
+    Patterns with several mutating regions separated by fixed bytes can make
+    the regex engine backtrack polynomially on hostile input (tenths of a
+    second for a few kB, growing fast); every evaluation gets a deadline and
+    the dialog treats a timeout as an unmatched request.
+    """
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -55,6 +66,7 @@ class Rule:
     literal: bytes | None  # the only request it accepts, when all regions are fixed
     required: bytes  # its longest fixed region: a full or prefix match contains it
     first: tuple[int, int, bytes] | None  # first fixed region and its possible offsets lo..hi
+    timeout: float  # seconds per regex evaluation
 
     def __repr__(self) -> str:
         return f"Rule({self.order}: {self.pattern.describe()} -> {self.target})"
@@ -66,11 +78,23 @@ class Rule:
     def fullmatch(self, data: bytes) -> bool:
         if self.literal is not None:
             return data == self.literal
-        return self.pattern.fullmatch(data) is not None
+        return self._full(data) is not None
+
+    def _full(self, data: bytes) -> Any:
+        """``Pattern.fullmatch`` with a deadline."""
+        if not self.pattern.min_len <= len(data) <= self.pattern.max_len:
+            return None
+        try:
+            return self.pattern.compiled.fullmatch(data, timeout=self.timeout)
+        except TimeoutError:
+            raise MatchTimeout(self.pattern.describe()) from None
 
     def match(self, data: bytes) -> Any:
-        """The regex match (live values of the regions), for later stages."""
-        return self.pattern.fullmatch(data)
+        """The regex match (live values of the regions), for later stages; None on timeout."""
+        try:
+            return self._full(data)
+        except MatchTimeout:
+            return None
 
     def excluded(self, data: bytes) -> bool:
         """Cheap proof that neither ``data`` nor anything it starts or could
@@ -89,9 +113,13 @@ class Rule:
         """More bytes appended to ``data`` could make a match (``data`` is not one yet)."""
         if self.literal is not None:
             return len(data) < len(self.literal) and self.literal.startswith(data)
-        if self.excluded(data):
+        if len(data) >= self.pattern.max_len or self.excluded(data):
             return False
-        return self.pattern.could_extend(data)
+        try:  # Pattern.could_extend, with a deadline
+            m = self.pattern.compiled.fullmatch(data, partial=True, timeout=self.timeout)
+        except TimeoutError:
+            raise MatchTimeout(self.pattern.describe()) from None
+        return m is not None and m.partial
 
     def tail_slack(self, data: bytes) -> bool:
         """True when matching ``data`` leaves the final mutating region room to grow.
@@ -104,7 +132,7 @@ class Rule:
         """
         if self.tail_max is None:
             return False
-        m = self.pattern.fullmatch(data)
+        m = self._full(data)
         last = len(self.pattern.regions)
         return m is not None and m.end(last) - m.start(last) < self.tail_max
 
@@ -115,7 +143,10 @@ class Rule:
             return n if 0 < n < len(data) and data.startswith(self.literal) else 0
         if len(data) <= self.pattern.min_len:
             return 0
-        m = self.prefix_re.match(data)
+        try:
+            m = self.prefix_re.match(data, timeout=self.timeout)
+        except TimeoutError:
+            raise MatchTimeout(self.pattern.describe()) from None
         return m.end() if m is not None and 0 < m.end() < len(data) else 0
 
 
@@ -193,7 +224,7 @@ class StateIndex:
         return f"StateIndex({self.id}, {len(self.rules)} rules)"
 
     @classmethod
-    def build(cls, state: State) -> StateIndex:
+    def build(cls, state: State, timeout: float = MATCH_TIMEOUT) -> StateIndex:
         rules = []
         for order, t in enumerate(state.transitions):
             rules.append(
@@ -208,6 +239,7 @@ class StateIndex:
                     tail_max=_tail_max(t.pattern),
                     literal=_literal(t.pattern),
                     first=_first_fixed(t.pattern),
+                    timeout=timeout,
                     required=max(
                         (r.fixed for r in t.pattern.regions if r.fixed), key=len, default=b""
                     ),
@@ -311,8 +343,10 @@ class CompiledMachine:
         self.decisions[key] = decision
 
     @classmethod
-    def build(cls, machine: Machine, source: str = "") -> CompiledMachine:
-        states = {sid: StateIndex.build(s) for sid, s in machine.states.items()}
+    def build(
+        cls, machine: Machine, source: str = "", timeout: float = MATCH_TIMEOUT
+    ) -> CompiledMachine:
+        states = {sid: StateIndex.build(s, timeout) for sid, s in machine.states.items()}
         return cls(machine, states, machine.root, source)
 
     @property

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from scriptgen.emulate.eventlog import EventLog
-from scriptgen.emulate.matching import CompiledMachine
+from scriptgen.emulate.matching import MATCH_TIMEOUT, CompiledMachine
 from scriptgen.model import ModelError, load_machine, model_files
 from scriptgen.model.store import FILE_RE
 
@@ -49,7 +49,7 @@ def scan(model_dir: Path) -> dict[Path, FileSig]:
     return sigs
 
 
-def load_one(path: Path) -> Loaded:
+def load_one(path: Path, match_timeout: float = MATCH_TIMEOUT) -> Loaded:
     """Load, check and index one model file; never raises."""
     m = FILE_RE.match(path.name)
     key = (m[1], int(m[2])) if m else ("?", 0)
@@ -57,7 +57,7 @@ def load_one(path: Path) -> Loaded:
         machine = load_machine(path)
         if machine.key != key:
             raise ModelError(f"{path}: file name does not match its content ({machine.name})")
-        compiled = CompiledMachine.build(machine, str(path))
+        compiled = CompiledMachine.build(machine, str(path), match_timeout)
     except ModelError as e:
         return Loaded(path, key, None, str(e))
     except Exception as e:  # a hostile file must not take the service down
@@ -66,12 +66,12 @@ def load_one(path: Path) -> Loaded:
 
 
 def load_changed(
-    model_dir: Path, previous: dict[Path, FileSig]
+    model_dir: Path, previous: dict[Path, FileSig], match_timeout: float = MATCH_TIMEOUT
 ) -> tuple[dict[Path, FileSig], list[Loaded]]:
     """Worker-thread half of a reload: the new signatures and the files that changed."""
     sigs = scan(model_dir)
     changed = [p for p, sig in sigs.items() if previous.get(p) != sig]
-    return sigs, [load_one(p) for p in changed]
+    return sigs, [load_one(p, match_timeout) for p in changed]
 
 
 class ModelHolder:
@@ -83,7 +83,9 @@ class ModelHolder:
         events: EventLog,
         defer_to_thread: Callable[..., Deferred[Any]],
         served: Callable[[tuple[str, int]], bool] = lambda key: True,
+        match_timeout: float = MATCH_TIMEOUT,
     ) -> None:
+        self.match_timeout = match_timeout
         self.model_dir = model_dir
         self.events = events
         self.defer_to_thread = defer_to_thread
@@ -102,7 +104,7 @@ class ModelHolder:
 
     def load_initial(self) -> list[Loaded]:
         """Synchronous first load at start-up (before the reactor runs)."""
-        self.sigs, results = load_changed(self.model_dir, {})
+        self.sigs, results = load_changed(self.model_dir, {}, self.match_timeout)
         self._apply(results)
         return results
 
@@ -113,7 +115,7 @@ class ModelHolder:
             return None
         self._busy = True
         previous = {} if force else dict(self.sigs)
-        d = self.defer_to_thread(load_changed, self.model_dir, previous)
+        d = self.defer_to_thread(load_changed, self.model_dir, previous, self.match_timeout)
         d.addCallback(self._loaded)
         d.addErrback(self._failed)
         d.addBoth(self._done)

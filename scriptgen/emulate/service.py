@@ -207,7 +207,13 @@ def make_service(
     def in_thread(f: Any, *args: Any) -> Deferred[Any]:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
-    holder = ModelHolder(config.model_dir, events, defer_to_thread or in_thread, served)
+    holder = ModelHolder(
+        config.model_dir,
+        events,
+        defer_to_thread or in_thread,
+        served,
+        match_timeout=config.limits.match_timeout,
+    )
     if not config.model_dir.is_dir():
         raise StartupError(
             f"config {config.source}: [scriptgen] model_dir: not a directory: {config.model_dir}"
