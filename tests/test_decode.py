@@ -361,7 +361,7 @@ def test_ipv4_fragment_flood_of_duplicates_is_bounded() -> None:
     recs = [Record(1.0, 1, frame, len(frame))] * 200
     assert list(iter_segments(recs, stats, frags)) == []
     assert stats.warnings["incomplete-datagram"] >= 1
-    assert frags._bytes <= 2 * 65535
+    assert frags.buffered_bytes <= 2 * 65535
 
 
 def test_ipv4_fragment_beyond_64k_is_dropped() -> None:

@@ -395,6 +395,11 @@ class FragmentReassembler:
     def __len__(self) -> int:
         return len(self._pending)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Fragment bytes held while waiting for the rest of their datagrams."""
+        return self._bytes
+
     def add(
         self, key: tuple, ts: float, offset: int, more: bool, data: bytes, proto: int
     ) -> tuple[int, bytes] | None:
