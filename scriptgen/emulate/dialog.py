@@ -151,14 +151,14 @@ class Dialog:
             self.judgements += 1
             try:
                 decision = self._judge(self.buffer, self.state, final)
-            except MatchTimeout:
-                return self._unmatched("match_timeout")
+            except MatchTimeout:  # remembered too: a repeated hostile request costs once
+                decision = ("unmatched", "match_timeout")
             self.machine.remember(key, decision)
         kind = decision[0]
         if kind == "take":
             return self._take(decision[1], decision[2])
         if kind == "unmatched":
-            return self._unmatched("no_match")
+            return self._unmatched(decision[1])
         self.waiting = decision[1]
         return None
 
@@ -182,7 +182,7 @@ class Dialog:
                 return ("take", n, hit)
         if extend:  # final, still incomplete: the caller decides (timeout)
             return ("wait", Waiting.MORE)
-        return ("unmatched",)
+        return ("unmatched", "no_match")
 
     def _plausible_split(
         self, buf: bytes, state: StateIndex, cands: list[Rule]
