@@ -1,0 +1,570 @@
+"""Proxying (ScriptGen §4.3): hand a source to a real host when the model runs out.
+
+Per source the proxy keeps what each open connection's client saw (requests
+and the emulator's answers; bounded per source and in total). On the first
+unmatched request of a source it allocates a host from the pool, opens one
+connection to it per open connection of that source, *replays* each
+connection's requests one after another (each after the host's previous
+answer is complete), and when every replayed answer looks like the answer
+the emulator gave, *relays* both directions. Later connections of that
+source go straight to its host. After ``expiry`` seconds without activity
+the source is released, the host returns to the pool and the recording (a
+pcap, see ``scriptgen.emulate.recorder``) is learned online.
+
+Decisions (see docs/proxy.md):
+
+* Host port: the emulator's *learned* port (``tcp/21=2121`` connects to
+  port 21 of the pool host). The proxy never connects anywhere but a pool
+  host; nothing a client sends names a destination.
+* Answer complete (replay): at least as many bytes as the emulated answer
+  arrived and the host was quiet for ``SETTLE`` seconds, or the host was
+  quiet for ``replay_quiet`` seconds whatever arrived.
+* Replay succeeded: the host accepted the connection and stayed connected,
+  and for every replayed turn the host's answer is empty exactly when the
+  emulated one was, and otherwise their normalised Indel similarity (first
+  ``_COMPARE`` bytes) is at least ``replay_similarity``: loose, because
+  answers legitimately carry ids, times and addresses.
+* Failures close the client connection (never a hang): ``pool_exhausted``
+  and ``over_limit`` fall back to the ``on_unmatched`` policy instead,
+  since nothing was sent to a host yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rapidfuzz.distance import Indel
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
+
+from scriptgen.emulate.config import ProxyConfig
+from scriptgen.emulate.recorder import Flow, Recording, Spool
+
+SETTLE = 0.02  # quiet seconds after an answer at least as long as the emulated one
+_COMPARE = 512  # bytes of each answer compared during the replay check
+_MAX_ANSWER = 1 << 20  # replayed answer bytes buffered per turn at most
+
+EMULATING, CONNECTING, REPLAYING, RELAYING, CLOSED = (
+    "emulating",
+    "connecting",
+    "replaying",
+    "relaying",
+    "closed",
+)
+
+
+def similar(expected: bytes, got: bytes, threshold: float) -> float | None:
+    """Similarity of a replayed answer to the emulated one; None when they differ."""
+    if not expected or not got:
+        return 1.0 if expected == got else None
+    score = Indel.normalized_similarity(expected[:_COMPARE], got[:_COMPARE])
+    return round(score, 3) if score >= threshold else None
+
+
+class Pool:
+    """The configured hosts; one source per host at a time."""
+
+    def __init__(self, hosts: tuple[str, ...]) -> None:
+        self.hosts = hosts
+        self.free = list(hosts)
+
+    def allocate(self) -> str | None:
+        return self.free.pop(0) if self.free else None
+
+    def release(self, host: str) -> None:
+        if host in self.hosts and host not in self.free:
+            self.free.append(host)
+
+
+@dataclass(eq=False)
+class Source:
+    ip: str
+    taps: set[Tap] = field(default_factory=set)
+    host: str | None = None
+    recording: Recording | None = None
+    where: Any = None  # the Endpoint of its latest connection (for events)
+    last: float = 0.0
+    buffered: int = 0
+    relayed: int = 0  # connections handed to the host
+    timer: Any = None
+
+
+class Upstream(Protocol):
+    """The proxy's connection to the pool host for one client connection."""
+
+    def __init__(self, tap: Tap) -> None:
+        self.tap = tap
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.tap.connected(self)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.tap.from_host(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # noqa: N802
+        self.tap.host_lost(reason)
+
+
+class UpstreamFactory(ClientFactory):
+    noisy = False
+
+    def __init__(self, tap: Tap) -> None:
+        self.tap = tap
+
+    def buildProtocol(self, addr: Any) -> Upstream:  # noqa: N802
+        return Upstream(self.tap)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:  # noqa: N802
+        self.tap.connect_failed(reason)
+
+
+class Tap:
+    """One client connection as the proxy sees it: transcript, then replay, then relay.
+
+    ``proto`` is the emulator's protocol; the proxy uses its ``where``,
+    ``transport``, ``machine``, ``hand_over()`` and ``_close()``.
+    """
+
+    def __init__(self, proxy: Proxy, source: Source, proto: Any) -> None:
+        self.proxy = proxy
+        self.source = source
+        self.proto = proto
+        self.mode = EMULATING
+        self.turns: list[tuple[bytes, bytes]] = []  # (request, emulated answer); b"": the banner
+        self.size = 0
+        self.overflow = False
+        self.pending: list[bytes] = []  # client bytes for the host once replay is done
+        self.eof = False  # the client half-closed before relaying began
+        self.counted = False  # counts towards the relayed-connection bounds
+        self.upstream: Upstream | None = None
+        self.flow: Flow | None = None
+        self.step = 0
+        self.got = b""
+        self.scores: list[float] = []
+        self._quiet: Any = None
+        self._deadline: Any = None
+
+    @property
+    def proxied(self) -> bool:
+        return self.mode != EMULATING
+
+    # --- called by the emulator protocol ---
+
+    def emulated(self, request: bytes, answer: bytes) -> None:
+        """A turn the emulator answered (request b"" with the banner)."""
+        if self.mode != EMULATING or self.overflow:
+            return
+        n = len(request) + len(answer)
+        if not self.proxy.reserve(self.source, n):
+            self.overflow = True
+            self._forget()
+            return
+        self.size += n
+        self.turns.append((request, answer))
+
+    def from_client(self, data: bytes) -> None:
+        self.source.last = self.proxy.clock.seconds()
+        if self.mode == RELAYING and self.upstream is not None:
+            self.upstream.transport.write(data)
+            self._record(False, data)
+        elif self.mode in (CONNECTING, REPLAYING):
+            self.pending.append(data)  # client reading is paused; this is what was in flight
+
+    def client_eof(self) -> None:
+        if self.mode == RELAYING and self.upstream is not None:
+            self.upstream.transport.loseWriteConnection()
+        else:
+            self.eof = True
+
+    def lost(self) -> None:
+        """The client connection is gone (any mode)."""
+        previous, self.mode = self.mode, CLOSED
+        self._cancel_timers()
+        self._forget()
+        if previous in (CONNECTING, REPLAYING):
+            self.proxy.failed(self, "client_left")
+        if self.flow is not None:
+            self.flow.close(self.proxy.now())
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+        self.proxy.detach(self, previous)
+
+    def pause_host(self) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.pauseProducing()
+
+    def resume_host(self) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.resumeProducing()
+
+    # --- replay ---
+
+    def start(self, host: str) -> None:
+        """Switch this connection to the host: pause the client, connect."""
+        left = self.proto.hand_over()  # bytes the emulator had not judged yet
+        if left:
+            self.pending.insert(0, left)
+        self.mode = CONNECTING
+        self.proto.transport.pauseProducing()
+        cfg = self.proxy.config
+        port = self.proto.machine.key[1]
+        self.proxy.connect(host, port, UpstreamFactory(self), cfg.connect_timeout)
+        self._deadline = self.proxy.clock.callLater(cfg.replay_timeout, self._timed_out)
+
+    def connected(self, upstream: Upstream) -> None:
+        if self.mode != CONNECTING:
+            upstream.transport.abortConnection()  # the client left meanwhile
+            return
+        self.upstream = upstream
+        self.mode = REPLAYING
+        self.step = 0
+        if not self.turns:
+            self._replayed()
+            return
+        self._send_step()
+
+    def _send_step(self) -> None:
+        request = self.turns[self.step][0]
+        self.got = b""
+        if request and self.upstream is not None:
+            self.upstream.transport.write(request)
+        self._arm_quiet()
+
+    def _arm_quiet(self) -> None:
+        if self._quiet is not None and self._quiet.active():
+            self._quiet.cancel()
+        expected = self.turns[self.step][1]
+        delay = SETTLE if self.got and len(self.got) >= len(expected) else None
+        if not expected and not self.got:
+            delay = SETTLE
+        self._quiet = self.proxy.clock.callLater(
+            delay if delay is not None else self.proxy.config.replay_quiet, self._answer_complete
+        )
+
+    def from_host(self, data: bytes) -> None:
+        self.source.last = self.proto.last_data = self.proxy.clock.seconds()
+        if self.mode == RELAYING:
+            self.proto.transport.write(data)
+            self._record(True, data)
+        elif self.mode == REPLAYING:
+            self.got += data
+            if len(self.got) > _MAX_ANSWER:
+                self._fail("answers_differ", turn=self.step)
+                return
+            self._arm_quiet()
+
+    def _answer_complete(self) -> None:
+        self._quiet = None
+        if self.mode != REPLAYING:
+            return
+        expected = self.turns[self.step][1]
+        score = similar(expected, self.got, self.proxy.config.replay_similarity)
+        if score is None:
+            self._fail(
+                "answers_differ",
+                turn=self.step,
+                emulated=expected,
+                host=self.got,
+            )
+            return
+        self.scores.append(score)
+        self.step += 1
+        if self.step < len(self.turns):
+            self._send_step()
+        else:
+            self._replayed()
+
+    def _replayed(self) -> None:
+        """Every turn replayed: record the dialog as the client saw it, then relay."""
+        self._cancel_timers()
+        self.mode = RELAYING
+        self.flow = self.proxy.new_flow(self)
+        for request, answer in self.turns:
+            self._record(False, request)
+            self._record(True, answer)
+        self.proxy.relaying(self)
+        upstream = self.upstream
+        assert upstream is not None
+        upstream.transport.registerProducer(self.proto.transport, True)
+        pending, self.pending = self.pending, []
+        for data in pending:
+            if data:
+                upstream.transport.write(data)
+                self._record(False, data)
+        self.turns, self.size = [], 0
+        self._forget()
+        if self.eof:
+            upstream.transport.loseWriteConnection()
+        else:
+            self.proto.transport.resumeProducing()
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.mode == CONNECTING:
+            self._fail("host_timeout")
+        elif self.mode == REPLAYING:
+            self._fail("replay_timeout", turn=self.step)
+
+    def connect_failed(self, reason: Failure) -> None:
+        if self.mode != CONNECTING:
+            return
+        self._fail("host_refused", error=reason.getErrorMessage())
+
+    def host_lost(self, reason: Failure | None) -> None:
+        if self.mode == REPLAYING:
+            self._fail("host_closed", turn=self.step)
+        elif self.mode == RELAYING:
+            if self.flow is not None:
+                self.flow.close(self.proxy.now(), by_server=True)
+            self.proxy.emit("scriptgen.proxy.host_closed", self.proto.where)
+            self.proto._close("host_closed")
+
+    def _fail(self, reason: str, **details: Any) -> None:
+        """A defined failure: report it, drop the host connection, close the client."""
+        if self.mode == CLOSED:
+            return
+        self.mode = CLOSED
+        self._cancel_timers()
+        self.proxy.failed(self, reason, **details)
+        if self.upstream is not None:
+            self.upstream.transport.abortConnection()
+        self.proto._close("proxy_" + reason)
+
+    # --- helpers ---
+
+    def _record(self, from_server: bool, data: bytes) -> None:
+        if self.flow is not None and data and self.proxy.room(self.source, len(data)):
+            self.flow.data(from_server, data, self.proxy.now())
+
+    def _forget(self) -> None:
+        self.proxy.unreserve(self.source, self.size)
+        self.size = 0
+        if self.mode == CLOSED or self.overflow:
+            self.turns = []
+
+    def _cancel_timers(self) -> None:
+        for name in ("_quiet", "_deadline"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+
+
+class Proxy:
+    """Sources, pool, bounds, expiry; hands recordings to the online learner."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        emit: Callable[..., None],
+        clock: Any,
+        connect: Callable[[str, int, ClientFactory, float], Any],
+        spool: Spool,
+        submit: Callable[[list[Any]], None],
+        limit_hit: Callable[..., None] = lambda *a, **k: None,
+    ) -> None:
+        self.config = config
+        self.emit = emit
+        self.clock = clock
+        self.connect = connect
+        self.spool = spool
+        self.submit = submit
+        self.limit_hit = limit_hit
+        self.pool = Pool(config.pool)
+        self.sources: dict[str, Source] = {}
+        self.buffered = 0
+        self.relayed = 0
+
+    def now(self) -> float:
+        import time
+
+        return time.time()  # wall time for pcap stamps (the clock may be a fake)
+
+    # --- connections ---
+
+    def attach(self, proto: Any) -> Tap:
+        """A new client connection; goes straight to the host when its source has one."""
+        ip = proto.where.src_ip
+        source = self.sources.get(ip)
+        if source is None:
+            source = self.sources[ip] = Source(ip)
+        source.where = proto.where
+        source.last = self.clock.seconds()
+        tap = Tap(self, source, proto)
+        source.taps.add(tap)
+        if source.host is not None:
+            if not self._admit(tap):
+                tap.mode = CLOSED
+                proto._close("proxy_over_limit", abort=True)
+                return tap
+            tap.start(source.host)
+        elif _never_trained(proto.machine):
+            self.take_over(tap, None)
+        return tap
+
+    def detach(self, tap: Tap, mode: str) -> None:
+        source = tap.source
+        source.taps.discard(tap)
+        if tap.counted:
+            tap.counted = False
+            self.relayed -= 1
+            source.relayed -= 1
+        if source.host is None and not source.taps:
+            self.sources.pop(source.ip, None)
+
+    def take_over(self, tap: Tap, request: bytes | None) -> bool:
+        """An unmatched request (None: the model knows nothing yet): proxy the source.
+
+        False: nothing was started and the emulator's own policy applies.
+        """
+        source = tap.source
+        if tap.overflow:
+            self.emit("scriptgen.proxy.failed", tap.proto.where, reason="buffer_overflow")
+            return False
+        if source.host is None:
+            host = self.pool.allocate()
+            if host is None:
+                self.emit("scriptgen.proxy.failed", tap.proto.where, reason="pool_exhausted")
+                return False
+            source.host = host
+            source.recording = self.spool.new(source.ip, host)
+            self.emit(
+                "scriptgen.proxy.allocated",
+                tap.proto.where,
+                host=host,
+                request=request or b"",
+                connections=len(source.taps),
+                recording=source.recording.path.name,
+            )
+            self._arm_expiry(source)
+        if not self._admit(tap):
+            return False
+        if request:
+            tap.pending.append(request)
+        tap.start(source.host)
+        others = [t for t in source.taps if t is not tap and t.mode == EMULATING]
+        for other in others:
+            if other.overflow or not self._admit(other):
+                other.mode = CLOSED
+                other.proto._close("proxy_unreplayable")
+                continue
+            other.start(source.host)
+        return True
+
+    def _admit(self, tap: Tap) -> bool:
+        cfg = self.config
+        if self.relayed >= cfg.max_relayed or tap.source.relayed >= cfg.max_relayed_per_source:
+            which = "max_relayed" if self.relayed >= cfg.max_relayed else "max_relayed_per_source"
+            self.limit_hit(which, tap.proto.where)
+            self.emit("scriptgen.proxy.failed", tap.proto.where, reason="over_limit", limit=which)
+            return False
+        self.relayed += 1
+        tap.source.relayed += 1
+        tap.counted = True
+        return True
+
+    def relaying(self, tap: Tap) -> None:
+        self.emit(
+            "scriptgen.proxy.replayed",
+            tap.proto.where,
+            host=tap.source.host,
+            turns=len(tap.turns),
+            similarity=tap.scores,
+        )
+        self.emit("scriptgen.proxy.relaying", tap.proto.where, host=tap.source.host)
+
+    def failed(self, tap: Tap, reason: str, **details: Any) -> None:
+        self.emit(
+            "scriptgen.proxy.failed",
+            tap.proto.where,
+            reason=reason,
+            host=tap.source.host,
+            **details,
+        )
+
+    def new_flow(self, tap: Tap) -> Flow | None:
+        rec = tap.source.recording
+        if rec is None:
+            return None
+        where = tap.proto.where
+        return rec.flow((where.src_ip, where.src_port), (where.dst_ip, tap.proto.machine.key[1]))
+
+    # --- bounds ---
+
+    def reserve(self, source: Source, n: int) -> bool:
+        cfg = self.config
+        if source.buffered + n > cfg.source_buffer_bytes or self.buffered + n > cfg.buffer_bytes:
+            return False
+        source.buffered += n
+        self.buffered += n
+        return True
+
+    def unreserve(self, source: Source, n: int) -> None:
+        source.buffered -= n
+        self.buffered -= n
+
+    def room(self, source: Source, n: int) -> bool:
+        rec = source.recording
+        return rec is not None and rec.room(n + 200)
+
+    # --- expiry ---
+
+    def _arm_expiry(self, source: Source, delay: float | None = None) -> None:
+        source.timer = self.clock.callLater(
+            self.config.expiry if delay is None else delay, self._check_expiry, source
+        )
+
+    def _check_expiry(self, source: Source) -> None:
+        source.timer = None
+        quiet = self.clock.seconds() - source.last
+        if quiet < self.config.expiry:
+            self._arm_expiry(source, self.config.expiry - quiet)
+            return
+        self.release(source, "expired")
+
+    def release(self, source: Source, reason: str, learn: bool = True) -> None:
+        """Close the source's relayed connections, free its host, learn its recording."""
+        if source.timer is not None and source.timer.active():
+            source.timer.cancel()
+        source.timer = None
+        for tap in list(source.taps):
+            if tap.proxied and tap.mode != CLOSED:
+                tap.proto._close("proxy_released")
+        host, source.host = source.host, None
+        if host is not None:
+            self.pool.release(host)
+        rec, source.recording = source.recording, None
+        path = None
+        if rec is not None:
+            try:
+                path = rec.finish()
+                self.spool.log("pending", path.name, source=source.ip)
+            except OSError as e:
+                self.emit("scriptgen.proxy.learn_failed", source.where, error=str(e))
+        self.emit(
+            "scriptgen.proxy.released",
+            source.where,
+            host=host,
+            reason=reason,
+            flows=rec.flows if rec else 0,
+            truncated=bool(rec and rec.truncated),
+            recording=path.name if path else None,
+        )
+        if not source.taps:
+            self.sources.pop(source.ip, None)
+        if path is not None and rec is not None and rec.flows and learn:
+            self.submit([path])
+
+    def stop(self) -> None:
+        """Service stop: close recordings so they are pending (learned at next start)."""
+        for source in list(self.sources.values()):
+            if source.host is not None:
+                self.release(source, "stopped", learn=False)
+
+
+def _never_trained(machine: Any) -> bool:
+    """A machine that saw no conversation at all (served empty with the proxy on)."""
+    root = machine.machine.states[machine.machine.root]
+    return root.samples == 0 and not root.transitions and not root.answer
