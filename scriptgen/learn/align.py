@@ -5,9 +5,12 @@ line up "the same place" of every request: a column is *fixed* when every
 request has the same byte there, otherwise *mutating*. This module builds
 that table progressively along the clustering tree: two profiles (already
 aligned groups) are aligned through their consensus strings with
-``rapidfuzz.distance.Levenshtein.opcodes`` (compiled, bit-parallel; ~4 ms for
-two 4 KB strings on the shared 2-core box), and the opcodes tell how the two
-column sets interleave. Substitutions keep fixed-width fields (ids,
+``rapidfuzz.distance.Levenshtein.opcodes`` (compiled, bit-parallel; 6.6 ms
+for two 4 KB strings on the shared, busy 2-core box, against 32 ms for
+edlib, 110 ms for parasail, 784 ms for Biopython), and the opcodes tell how
+the two column sets interleave. A merged profile's consensus is kept per
+column (the byte of the side with more rows there), so a merge costs
+O(columns) beyond copying the rows. Substitutions keep fixed-width fields (ids,
 counters) in one column instead of splitting them into insert/delete pairs.
 
 A message longer than the alignment bound is aligned on its head and tail
@@ -25,8 +28,8 @@ from rapidfuzz.distance import Levenshtein
 from scriptgen.model import Pattern, Region
 
 GAP = -1
-# Rows used to compute a profile's consensus: bounds the cost of a merge
-# on a long chain of merges (single-linkage-like trees) to O(columns).
+# Rows used when a consensus has to be computed from scratch (profiles not
+# made by ``merge``): bounds that cost to O(columns).
 CONSENSUS_ROWS = 64
 
 
