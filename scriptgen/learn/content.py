@@ -209,7 +209,7 @@ def _find_varcopies(template: bytes, samples: list[Sample], opts: ContentOptions
             if len({len(v) for v in values}) < 2 or len(set(values)) < opts.min_distinct:
                 continue
             v_ref = _region_value(ref, back, region)
-            if not v_ref or len(v_ref) > opts.max_len:
+            if v_ref is None or len(v_ref) > opts.max_len:
                 continue
             hit = _place_varcopy(template, v_ref, keep, values, normal, taken, opts)
             if hit is None:
@@ -248,11 +248,27 @@ def _place_varcopy(
     taken: list[tuple[int, int]],
     opts: ContentOptions,
 ) -> tuple[int, set[int]] | None:
-    """The template offset where every sample of the template's shape carries its value."""
+    """The template offset where every sample of the template's shape carries its value.
+
+    Candidate offsets are where the longest value of a sample of the shape sits
+    in that sample's answer (the template's own value may be empty); the bytes
+    before a copy are aligned between the shape's samples.
+    """
+    locator = max(
+        (
+            (len(v), i)
+            for i, (s, v) in enumerate(zip(samples, values, strict=True))
+            if len(normal[id(s)]) - len(v) == len(template) - len(v_ref)
+        ),
+        default=(0, -1),
+    )
+    if locator[0] == 0:
+        return None
+    where, needle = normal[id(samples[locator[1]])], values[locator[1]]
     start = 0
     while True:
-        at = template.find(v_ref, start)
-        if at < 0:
+        at = where.find(needle, start)
+        if at < 0 or at + len(v_ref) > len(template):
             return None
         start = at + 1
         if any(a < at + len(v_ref) and at < b for a, b in taken):
@@ -632,11 +648,27 @@ def infer_state(state: State, samples: list[Sample], opts: ContentOptions) -> li
 
 
 def _absolute(sample: Sample, dep: dict[str, Any]) -> int | None:
-    """The request byte offset of a start-anchored copy when its region starts at a constant offset."""
-    if dep["kind"] != "copy" or dep["anchor"] != "start":
+    """The request byte offset a copy reads from (its region's start plus the offset)."""
+    if dep["kind"] == "copy" and dep["anchor"] == "start":
+        offset = dep["offset"]
+    elif dep["kind"] == "copy-region":
+        offset = 0
+    else:
         return None
     i = sample.turn + dep["request"]
-    return sample.trace.matches[i].start(dep["region"] + 1) + dep["offset"]
+    return sample.trace.matches[i].start(dep["region"] + 1) + offset
+
+
+def _support_key(dep: dict[str, Any], samples: list[Sample]) -> tuple | None:
+    """What makes two states' links "the same link": kind, answer place, request place."""
+    if dep["kind"] == "length":
+        return ("length", dep["at"], dep["width"], dep["endian"], dep["base"])
+    starts = {_absolute(s, dep) for s in samples}
+    if len(starts) != 1 or None in starts:
+        return None
+    if dep["kind"] == "copy":
+        return ("copy", dep["at"], dep["len"], dep["request"], starts.pop(), dep["order"])
+    return ("copy-region", dep["at"], 0, dep["request"], starts.pop(), "same")
 
 
 def _borrow(
@@ -645,83 +677,153 @@ def _borrow(
     inferred: dict[int, list[dict[str, Any]]],
     opts: ContentOptions,
 ) -> None:
-    """Apply copy links proven at several states to states whose samples are too few."""
+    """Apply links proven at several states to states that could not prove them alone
+    (too few samples, or values that never varied there), when they hold in all of
+    that state's samples."""
     support: dict[tuple, set[int]] = defaultdict(set)
     for sid, deps in inferred.items():
         for dep in deps:
-            starts = {_absolute(s, dep) for s in samples[sid]}
-            if len(starts) == 1 and None not in starts:
-                key = (dep["at"], dep["len"], dep["request"], starts.pop(), dep["order"])
-                support[key].add(sid)
+            if not dep.get("borrowed"):
+                key = _support_key(dep, samples[sid])
+                if key is not None:
+                    support[key].add(sid)
     proven = [k for k, sids in sorted(support.items()) if len(sids) >= opts.borrow_states]
+    order = {"copy-region": 0, "copy": 1, "length": 2}  # lengths last: they need the copies
+    proven.sort(key=lambda k: (order[k[0]], k[1:]))
     for sid, state_samples in sorted(samples.items()):
         state = machine.states[sid]
-        if sid in inferred and len(_aligned(state, state_samples)) >= opts.min_samples:
-            continue
-        mine = _aligned(state, state_samples)
-        if not mine or not state.answer:
+        if not state.answer:
             continue
         deps = inferred.setdefault(sid, [])
         taken = np.zeros(len(state.answer), dtype=bool)
         for dep in deps:
             taken[dep["at"] : dep["at"] + dep.get("len", dep.get("width", 0))] = True
-        for at, length, back, qabs, order in proven:
-            if at + length > len(state.answer) or taken[at : at + length].any():
-                continue
-            dep = _borrowed(mine, at, length, back, qabs, order)
+        for key in proven:
+            dep = _borrowed(state, state_samples, deps, key, taken)
             if dep is not None:
+                dep["borrowed"] = True
                 deps.append(dep)
-                taken[at : at + length] = True
+                taken[dep["at"] : dep["at"] + dep.get("len", dep.get("width", 0))] = True
         deps.sort(key=lambda d: (d["at"], d["kind"]))
+
+
+def _borrowed(
+    state: State, samples: list[Sample], deps: list[dict[str, Any]], key: tuple, taken: np.ndarray
+) -> dict[str, Any] | None:
+    """The proven link ``key`` expressed in this state's own patterns, if it holds here."""
+    template = state.answer
+    if key[0] == "length":
+        _, at, width, endian, base = key
+        if at + width > len(template) or taken[at : at + width].any():
+            return None
+        varcopies = [d for d in deps if d["kind"] == "copy-region"]
+        if not varcopies or any(
+            d["at"] < at + width and at < d["at"] + d["len"] for d in varcopies
+        ):
+            return None
+        shape = _shape_of(template, samples, varcopies)
+        if shape is None or _length_base(template, *shape, at, width, endian) != base:
+            return None
+        return {"kind": "length", "at": at, "width": width, "endian": endian, "base": base}
+    kind, at, length, back, qabs, order = key
+    pattern = _shared(samples, -back)
+    if pattern is None:
+        return None
+    for k, region in enumerate(pattern.regions):
+        if region.is_fixed:
+            continue
+        starts = {s.trace.matches[s.turn + back].start(k + 1) for s in samples}
+        if len(starts) != 1:
+            continue
+        start = starts.pop()
+        if kind == "copy-region":
+            if start != qabs:
+                continue
+            dep = _borrowed_region(template, samples, at, back, k, taken)
+        else:
+            if not start <= qabs or qabs + length > start + region.min_len:
+                continue
+            if at + length > len(template) or taken[at : at + length].any():
+                return None
+            dep = _borrowed_copy(template, samples, at, length, back, k, qabs - start, order)
+        if dep is not None:
+            dep["groups"] = len(pattern.regions)
+        return dep
+    return None
+
+
+def _borrowed_copy(
+    template: bytes,
+    samples: list[Sample],
+    at: int,
+    length: int,
+    back: int,
+    region: int,
+    offset: int,
+    order: str,
+) -> dict[str, Any] | None:
+    aligned = [s for s in samples if len(s.answer) == len(template)]
+    if not aligned:
+        return None
+    for s in aligned:
+        value = _region_value(s, -back, region)
+        src = (value or b"")[offset : offset + length]
+        if len(src) != length or s.answer[at : at + length] != (
+            src[::-1] if order == "swap" else src
+        ):
+            return None
+    return {
+        "kind": "copy",
+        "at": at,
+        "len": length,
+        "request": back,
+        "region": region,
+        "anchor": "start",
+        "offset": offset,
+        "order": order,
+    }
+
+
+def _borrowed_region(
+    template: bytes, samples: list[Sample], at: int, back: int, region: int, taken: np.ndarray
+) -> dict[str, Any] | None:
+    ref = next((s for s in samples if s.answer == template), None)
+    if ref is None:
+        return None
+    v_ref = _region_value(ref, -back, region) or b""
+    if at + len(v_ref) > len(template) or taken[at : at + len(v_ref)].any():
+        return None
+    for s in samples:
+        v = _region_value(s, -back, region) or b""
+        if len(s.answer) - len(v) != len(template) - len(v_ref):
+            continue  # another answer shape
+        if s.answer[at : at + len(v)] != v:
+            return None
+    return {"kind": "copy-region", "at": at, "len": len(v_ref), "request": back, "region": region}
+
+
+def _shape_of(
+    template: bytes, samples: list[Sample], varcopies: list[dict[str, Any]]
+) -> tuple[list[Sample], list[list[tuple[int, int]]]] | None:
+    """The samples of the template's shape under these copies, with their shifts."""
+    ref = next((s for s in samples if s.answer == template), None)
+    if ref is None:
+        return None
+    ref_len = {id(d): len(_region_value(ref, -d["request"], d["region"]) or b"") for d in varcopies}
+    kept, shifts = [], []
+    for s in samples:
+        sh = []
+        for d in varcopies:
+            v = _region_value(s, -d["request"], d["region"]) or b""
+            sh.append((d["at"], len(v) - ref_len[id(d)]))
+        if len(s.answer) - sum(x for _, x in sh) == len(template):
+            kept.append(s)
+            shifts.append(sh)
+    return kept, shifts
 
 
 def _aligned(state: State, samples: list[Sample]) -> list[Sample]:
     return [s for s in samples if len(s.answer) == len(state.answer)]
-
-
-def _borrowed(
-    samples: list[Sample], at: int, length: int, back: int, qabs: int, order: str
-) -> dict[str, Any] | None:
-    """The proven link expressed in these samples' own pattern, if it holds in all of them."""
-    ref = samples[0]
-    i = ref.turn + back
-    pattern = _shared(samples, -back)
-    if i < 0 or pattern is None:
-        return None
-    m = ref.trace.matches[i]
-    for k, region in enumerate(pattern.regions):
-        if (
-            region.is_fixed
-            or not m.start(k + 1) <= qabs
-            or qabs + length > m.start(k + 1) + region.min_len
-        ):
-            continue
-        offset = qabs - m.start(k + 1)
-        for s in samples:
-            j = s.turn + back
-            if j < 0:
-                return None
-            sm = s.trace.matches[j]
-            if sm.start(k + 1) != m.start(k + 1):
-                return None
-            src = s.trace.requests[j][qabs : qabs + length]
-            if order == "swap":
-                src = src[::-1]
-            if s.answer[at : at + length] != src:
-                return None
-        return {
-            "kind": "copy",
-            "at": at,
-            "len": length,
-            "request": back,
-            "region": k,
-            "anchor": "start",
-            "offset": offset,
-            "order": order,
-            "groups": len(pattern.regions),
-            "borrowed": True,
-        }
-    return None
 
 
 def infer_dependencies(
