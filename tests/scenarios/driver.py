@@ -159,6 +159,7 @@ events = {events}
 reload_interval = 0
 request_settle = 0.1
 on_unmatched = close
+gate_mechanism = {gate}
 [limits]
 idle_timeout = 10
 request_timeout = 5
@@ -169,10 +170,12 @@ session_timeout = 60
 class Emulator:
     """``twistd -n scriptgen`` as a subprocess; stopped by the PID it started."""
 
-    def __init__(self, out: Path, models: Path, ports: str) -> None:
+    def __init__(self, out: Path, models: Path, ports: str, gate: str = "auto") -> None:
         self.events = out / "events.json"
         config = out / "scriptgen.ini"
-        config.write_text(CONFIG.format(models=models, listen=EMU, ports=ports, events=self.events))
+        config.write_text(
+            CONFIG.format(models=models, listen=EMU, ports=ports, events=self.events, gate=gate)
+        )
         twistd = shutil.which("twistd") or "twistd"
         self.proc = subprocess.Popen(
             [twistd, "-n", "--pidfile=", f"--logfile={out / 'twistd.log'}", "scriptgen"]
@@ -211,9 +214,14 @@ class Emulator:
 
 
 def emulate(
-    out: Path, models: Path, ports: str, rounds: int, one_round: Callable[[int], dict]
+    out: Path,
+    models: Path,
+    ports: str,
+    rounds: int,
+    one_round: Callable[[int], dict],
+    gate: str = "auto",
 ) -> dict[str, Any]:
-    emu = Emulator(out, models, ports)
+    emu = Emulator(out, models, ports, gate)
     try:
         emu.wait("scriptgen.service.started")
         ready = emu.wait("scriptgen.gate.ready", timeout=10)
@@ -333,6 +341,7 @@ def main() -> int:
     ap.add_argument("scenario", choices=("exploit", "ftp"))
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--gate", choices=("auto", "nftables", "fallback"), default="auto")
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +351,7 @@ def main() -> int:
         pcap, captured = capture_exploit(out, args.runs)
         signals = train(pcap, models)
         ports = f"tcp/{EXPLOIT_PORT}, tcp/{SHELL_PORT}"
-        emu = emulate(out, models, ports, args.runs, exploit_round)
+        emu = emulate(out, models, ports, args.runs, exploit_round, args.gate)
     else:
         pcap, captured = capture_ftp(out, args.runs)
         signals = train(pcap, models)
@@ -355,7 +364,7 @@ def main() -> int:
             return r
 
         extra: list[dict[str, Any]] = []
-        emu = emulate(out, models, ports, args.runs, both)
+        emu = emulate(out, models, ports, args.runs, both, args.gate)
         emu["extra"] = extra
     summary = summarise(args.scenario, captured, signals, emu)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
