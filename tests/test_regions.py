@@ -364,3 +364,30 @@ def test_real_ftp_requests_split_by_command() -> None:
             total += 1
     assert total >= 10
     assert mixed <= 1, (mixed, total)
+
+
+def resp(*args: bytes) -> bytes:
+    """A Redis RESP array of bulk strings."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def test_resp_commands_are_separated_and_lengths_mutate() -> None:
+    rng = random.Random(11)
+
+    def word() -> bytes:
+        return bytes(rng.choice(b"abcdefghijklmnop:") for _ in range(rng.randrange(3, 12)))
+
+    sets = [resp(b"SET", b"key:" + word(), word()) for _ in range(15)]
+    gets = [resp(b"GET", b"key:" + word()) for _ in range(15)]
+    samples = sets + gets
+    clusters = analyse(samples)
+    check_invariants(samples, clusters)
+    for c in clusters:
+        assert len({samples[i][:14] for i in c.members}) == 1, c.pattern.describe()
+    for group, head in ((sets, b"*3\r\n$3\r\nSET\r\n$"), (gets, b"*2\r\n$3\r\nGET\r\n$")):
+        # recurring key lengths may make microclusters; all of them keep the command fixed
+        family = [c for c in clusters if c.pattern.regions[0].fixed.startswith(head)]
+        assert {samples[i] for c in family for i in c.members} == set(group)
+        generic = min(family, key=lambda c: c.pattern.specificity)
+        assert generic.pattern.regions[0].fixed == head
+        assert generic.pattern.regions[-1].fixed.endswith(b"\r\n")
