@@ -52,6 +52,8 @@ class EmulatorProtocol(Protocol):
         self.gate: Any = None  # scriptgen.emulate.gate.Gate, set by the factory
         self._held: Any = None  # Deferred: an answer waits until the gate opened a port
         self._after_hold: list[Step] = []
+        self.proxy: Any = None  # scriptgen.emulate.proxy.Proxy, set by the factory
+        self.tap: Any = None  # this connection as the proxy sees it (proxy on)
 
     # --- connection life ---
 
@@ -75,6 +77,10 @@ class EmulatorProtocol(Protocol):
         lim = rt.config.limits
         self._start("idle", lim.idle_timeout, self._idle_check)
         self._start("session", lim.session_timeout, self._close, "session_timeout")
+        if self.proxy is not None:
+            self.tap = self.proxy.attach(self)  # may go straight to the source's pool host
+            if self.tap.proxied or self.closing:
+                return
         self._greet()
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
@@ -84,6 +90,8 @@ class EmulatorProtocol(Protocol):
             self._cancel(name)
         rt = self.runtime
         rt.limiter.release(self.where.src_ip)
+        if self.tap is not None:
+            self.tap.lost()
         if self.close_reason is None:
             done = isinstance(reason, Failure) and reason.check(ConnectionDone)
             self.close_reason = "client_closed" if done else "connection_lost"
@@ -104,6 +112,9 @@ class EmulatorProtocol(Protocol):
             return
         self.bytes_in += len(data)
         self.last_data = self.runtime.clock.seconds()
+        if self.tap is not None and self.tap.proxied:
+            self.tap.from_client(data)
+            return
         if self.lost:
             self._ignore(data)
             return
@@ -122,12 +133,17 @@ class EmulatorProtocol(Protocol):
         """
         if self.closing:
             return
+        if self.tap is not None and self.tap.proxied:
+            self.tap.client_eof()
+            return
         if self._held is not None:  # first the held answer, then this
             self._held.addBoth(lambda r: (self.readConnectionLost(), r)[1])
             return
         if not self.lost:
             self._run(self.dialog.expire("incomplete"))
-        if not self.closing:
+        if self.tap is not None and self.tap.proxied:
+            self.tap.client_eof()  # the request it sent last went to a pool host
+        elif not self.closing:
             self._close("client_closed")
 
     def writeConnectionLost(self) -> None:  # noqa: N802
@@ -136,10 +152,15 @@ class EmulatorProtocol(Protocol):
     # --- push producer: the transport's write buffer is full / drained ---
 
     def pauseProducing(self) -> None:  # noqa: N802
+        if self.tap is not None and self.tap.proxied:
+            self.tap.pause_host()  # relaying: the host's bytes wait, not the client's
+            return
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:  # noqa: N802
-        if not self.closing:
+        if self.tap is not None and self.tap.proxied:
+            self.tap.resume_host()
+        elif not self.closing:
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:  # noqa: N802
@@ -149,7 +170,7 @@ class EmulatorProtocol(Protocol):
 
     def _run(self, steps: list[Step]) -> None:
         for i, step in enumerate(steps):
-            if self.closing:
+            if self.closing or (self.tap is not None and self.tap.proxied):
                 return
             if self._held is not None:  # the rest waits for the held answer
                 self._after_hold.extend(steps[i:])
@@ -177,6 +198,8 @@ class EmulatorProtocol(Protocol):
             answer=answer,
             end=target.end.value,
         )
+        if self.tap is not None:
+            self.tap.emulated(step.request, answer)
         self._enter(target, answer)
 
     def _greet(self) -> None:
@@ -191,6 +214,8 @@ class EmulatorProtocol(Protocol):
                 answer=answer,
                 end=root.end.value,
             )
+        if self.tap is not None:
+            self.tap.emulated(b"", answer)
         self._enter(root, answer)
 
     def _enter(self, state: StateIndex, answer: bytes) -> None:
@@ -242,10 +267,20 @@ class EmulatorProtocol(Protocol):
             policy=rt.config.on_unmatched,
         )
         rt.keep_unmatched(self.where, step.state.id, step.request)
+        if self.tap is not None and self.tap.proxy.take_over(self.tap, step.request):
+            return  # the source's pool host answers from here on
         if rt.config.on_unmatched == "close":
             self._close("unmatched")
         else:
             self.lost = True  # stay silent; the idle timeout ends the connection
+
+    def hand_over(self) -> bytes:
+        """The proxy takes this connection: stop the request timers, give up the buffer."""
+        self._cancel("settle")
+        self._cancel("request")
+        left, self.dialog.buffer = self.dialog.buffer, b""
+        self.lost = False
+        return left
 
     def _ignore(self, data: bytes) -> None:
         self.ignored += len(data)
@@ -321,6 +356,7 @@ class EmulatorFactory(Factory):
 
     noisy = False
     gate: Any = None  # the service's scriptgen.emulate.gate.Gate (None: nothing gated)
+    proxy: Any = None  # the service's scriptgen.emulate.proxy.Proxy (None: proxy off)
 
     def __init__(self, runtime: Runtime, spec: PortSpec) -> None:
         self.runtime = runtime
@@ -333,4 +369,5 @@ class EmulatorFactory(Factory):
         proto = EmulatorProtocol(self.runtime, machine)
         proto.factory = self
         proto.gate = self.gate
+        proto.proxy = self.proxy
         return proto
