@@ -276,9 +276,17 @@ def infer(
         found = [r for c in items for r in reaches_of(c, machines.get(c.key))]
         found.sort(key=lambda r: (r.time, r.key, r.state))
         reaches[source] = found
-    targets = sorted({c.key for c in contacts if c.protocol == "tcp" and c.accepted})
-    for target in targets:
-        _infer_target(target, by_source, reaches, machines, options, report)
+    # Each target only ever looks at its own contacts: index them once, so the
+    # work grows with contacts and not with ports x contacts.
+    by_target: dict[Key, dict[str, list[Contact]]] = defaultdict(lambda: defaultdict(list))
+    for source, items in by_source.items():
+        for c in items:
+            if c.protocol == "tcp":
+                by_target[c.key][source].append(c)
+    times = {source: [r.time for r in rs] for source, rs in reaches.items()}
+    for target in sorted(by_target):
+        if any(c.accepted for items in by_target[target].values() for c in items):
+            _infer_target(target, by_target[target], reaches, times, machines, options, report)
     return report
 
 
@@ -301,22 +309,20 @@ def _infer_target(
     target: Key,
     by_source: dict[str, list[Contact]],
     reaches: dict[str, list[Reach]],
+    times: dict[str, list[float]],
     machines: Mapping[Key, Machine],
     options: SessionOptions,
     report: SessionReport,
 ) -> None:
-    refused_any = any(
-        not c.accepted for items in by_source.values() for c in items if c.key == target
-    )
+    """Evidence for one target port; ``by_source`` holds only that port's contacts."""
+    refused_any = any(not c.accepted for items in by_source.values() for c in items)
     evidence: dict[tuple[Key, int], _Evidence] = defaultdict(_Evidence)
     for source, items in by_source.items():
-        rs = reaches[source]
-        times = [r.time for r in rs]
-        refusals = [c.start for c in items if c.key == target and not c.accepted]
+        refusals = [c.start for c in items if not c.accepted]
         for c in items:
-            if c.key != target or not c.accepted:
+            if not c.accepted:
                 continue
-            trig = _trigger(rs, times, target, c.start, options.window)
+            trig = _trigger(reaches[source], times[source], target, c.start, options.window)
             if trig is None:
                 report.rejections.append(
                     Rejection(target, f"accepted from {source} at {c.start:.6f} without a cause")
@@ -409,14 +415,14 @@ def _contradictions(
     by_source: dict[str, list[Contact]],
     reaches: dict[str, list[Reach]],
 ) -> int:
-    """Refused attempts to ``target`` that came soon after the same source reached the state."""
+    """Refused attempts to ``target`` (``by_source``: its contacts) soon after reaching the state."""
     count = 0
     for source, items in by_source.items():
         hits = [r.time for r in reaches[source] if r.key == key and r.state == sid]
         if not hits:
             continue
         for c in items:
-            if c.key == target and not c.accepted:
+            if not c.accepted:
                 i = bisect.bisect_right(hits, c.start)
                 if i and c.start - hits[i - 1] <= duration:
                     count += 1
