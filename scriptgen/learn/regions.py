@@ -46,17 +46,21 @@ fullmatches every member:
    them.
 
 Why these libraries (``benchmarks/region_speed.py`` on the shared 2-core
-box at load 6-7, so absolute times are ~3× an idle machine's): all pairs of
-200 printable ~1 KB messages take 4.0 s with rapidfuzz ``cdist`` + Indel
-(2.8 s with ``workers=-1``; Levenshtein 6.8 s), against 23 s for edlib,
-56 s for parasail and 385 s for Biopython, which have no all-pairs call and
-need a Python loop over pairs. One alignment of two 4 KB messages: rapidfuzz
-``Levenshtein.opcodes`` 6.6 ms, edlib 32 ms, parasail 110 ms, Biopython
-784 ms. Indel (bit-parallel LCS) is 2-10× faster than Levenshtein in
-``cdist``, so it clusters; Levenshtein ``opcodes`` aligns (a substitution
-keeps a fixed-width field in one column). ``analyse`` itself: 100 requests
-of 1 KB 0.8 s, 1000 requests of 4 KB 14 s and 14 MB peak (500 distinct
-analysed, the rest joined by fullmatch).
+box at load 5-7, so absolute times are ~2-3× an idle machine's; ranges over
+two runs): all pairs of 200 printable ~1 KB messages take 0.5-4 s with
+rapidfuzz ``cdist`` + Indel (Levenshtein 1.4-6.8 s), against 10-23 s for
+edlib, 17-56 s for parasail and 129-385 s for Biopython, which have no
+all-pairs call and need a Python loop over pairs. On the 256-byte
+head+tail actually compared, interleaved runs give Indel 0.02-0.04 s and
+Levenshtein 0.15-0.22 s for the 200 × 200 matrix: Indel (bit-parallel
+LCS) clusters. One alignment of two 4 KB messages: rapidfuzz
+``Levenshtein.opcodes`` 3.9-6.6 ms, edlib 27-32 ms, parasail 74-110 ms,
+Biopython 595-784 ms; Levenshtein aligns (a substitution keeps a
+fixed-width field in one column, Indel would split it in a delete and an
+insert). rapidfuzz takes ``bytes`` directly (same speed and results as
+``str``). ``analyse`` itself: 100 requests of 1 KB 0.4 s, 1000 requests
+of 4 KB 5 s and 14 MB peak (500 distinct analysed, the rest joined by
+fullmatch).
 
 How the defaults were chosen. Data: the lab captures (tests/data/captures:
 vsftpd, redis, dnsmasq, samba on 139/445 and lsarpc; 50 runs each) plus
