@@ -267,3 +267,21 @@ def test_every_sibling_needs_evidence_of_its_own() -> None:
     report = infer(sibling_contacts(6, {0, 2, 4}), sibling_machines())
     assert report.findings == []
     assert "state 4: 0 refused-before samples (3 in all" in report.rejections[0].reason
+
+
+def test_a_port_scan_gives_no_signal() -> None:
+    """Sources sweeping ports (most refused, every tenth open) in a fixed order: no signal."""
+    contacts = []
+    for s in range(30):
+        t = 100.0 * s
+        for p in range(40):
+            ok = p % 10 == 0
+            at = t + p * 0.01
+            reqs = (b"x",) if ok else ()
+            contacts.append(
+                Contact("tcp", 1000 + p, f"10.0.{s}.1", at, ok, at + 0.1, reqs, (at + 0.01,) * ok)
+            )
+    machines = {("tcp", 1000 + p): Machine("tcp", 1000 + p) for p in range(0, 40, 10)}
+    report = infer(contacts, machines)
+    assert report.findings == []
+    assert len(report.rejections) == 4
