@@ -171,3 +171,42 @@ def test_checker_reports_a_corrupted_stream(tshark_cache: Path | None) -> None:
     )
     msg.data = msg.data[:-1]  # a dropped byte at the end: not excused by any category
     assert len(compare_file(path, convs, ts).mismatches) == 1
+
+
+# Synthetic cases whose difference from tshark is expected, and why (see CATEGORIES).
+SYNTHETIC_EXPECTED = {("rst-then-data", "ethernet"): "data-after-rst"}
+
+
+def test_synthetic_edge_cases_and_encapsulations(
+    tmp_path: Path, capsys: pytest.CaptureFixture, tshark_cache: Path | None
+) -> None:
+    """Reassembly traps and encapsulations the corpus lacks (tests/lab/synth.py), vs tshark."""
+    require_binaries("tshark")
+    pytest.importorskip("scapy")
+    from tests.lab.synth import CASES, write_capture
+
+    def one(case: tuple[str, str]) -> FileReport:
+        scenario, encap = case
+        path = write_capture(tmp_path / f"{scenario}__{encap}.pcap", scenario, encap)
+        convs = run_conversations(path)
+        return compare_file(path, convs, read_streams(path, len(convs), tshark_cache))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(one, CASES))
+    lines, failures = [], []
+    for (scenario, encap), rep in zip(CASES, reports, strict=True):
+        assert rep.tshark_streams == 1, (
+            f"{scenario}/{encap}: tshark sees {rep.tshark_streams} streams"
+        )
+        failures += rep.mismatches
+        verdict = "equal" if rep.compared else ",".join(rep.excluded) or "?"
+        lines.append(f"  {scenario:22} {encap:14} {verdict}")
+        if rep.mismatches:
+            continue
+        if encap == "ethernet":
+            assert verdict == SYNTHETIC_EXPECTED.get((scenario, encap), "equal"), scenario
+        else:
+            assert verdict in ("equal", "encapsulation"), f"{scenario}/{encap}: {verdict}"
+    with capsys.disabled():
+        print("\n[tshark conformance] synthetic cases:\n" + "\n".join(lines))
+    assert not failures, "\n".join(failures)

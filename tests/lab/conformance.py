@@ -22,8 +22,8 @@ CATEGORIES: dict[str, str] = {
         "connection that began before the capture); the reader makes no conversation of it"
     ),
     "encapsulation": (
-        "TCP inside a tunnel (GRE, VXLAN, PPPoE, MPLS, Teredo, GTP, ...) that tshark decodes "
-        "and the reader does not"
+        "TCP inside a tunnel (GRE, VXLAN, IP-in-IP, Teredo, GTP, ...) that tshark decodes "
+        "and the reader does not (the reader has no conversation for those endpoints)"
     ),
     "data-after-rst": (
         "segments still in flight after a RST: tshark keeps them, the reader ends the "
@@ -48,21 +48,6 @@ CATEGORIES: dict[str, str] = {
         "records the missing bytes as gaps"
     ),
 }
-TUNNELS = frozenset(
-    {
-        "gre",
-        "vxlan",
-        "pppoes",
-        "pppoed",
-        "mpls",
-        "teredo",
-        "gtp",
-        "geneve",
-        "l2tp",
-        "erspan",
-        "ipip",
-    }
-)
 
 
 @dataclass
@@ -241,7 +226,7 @@ def _drop_untracked(
             continue
         kept.append(st)
     if wanted == 0:
-        rest = [st for st in kept if not st.protocols & TUNNELS]
+        rest = [st for st in kept if not st.tunnelled]
         if len(rest) < len(kept):
             rep.excluded["encapsulation"] += len(kept) - len(rest)
         kept = rest

@@ -23,6 +23,9 @@ from pathlib import Path
 GAP_MARKER = re.compile(rb"\[(\d+) bytes missing in capture file\]\x00")
 _NODE = re.compile(r"^Node ([01]): (.*):(\d+)$")
 _FILTER = re.compile(r"^Filter: tcp\.stream eq (\d+)$")
+TUNNELS = frozenset(
+    {"gre", "vxlan", "pppoes", "mpls", "teredo", "gtp", "gtpv2", "geneve", "l2tp", "erspan", "nsh"}
+)
 FIELDS = (
     "tcp.stream",
     "frame.protocols",
@@ -49,6 +52,7 @@ class TsharkStream:
     first_time: float = 0.0
     flags_seen: int = 0  # OR of the TCP flags of all its packets
     protocols: set[str] = field(default_factory=set)
+    stacks: set[str] = field(default_factory=set)  # distinct frame.protocols values
     truncated: bool = False  # some frame shorter than on the wire (snaplen)
 
     def sent_by(self) -> dict[tuple[str, int], bytes]:
@@ -56,6 +60,15 @@ class TsharkStream:
         if self.nodes is None:
             return {}
         return {self.nodes[0]: bytes(self.data[0]), self.nodes[1]: bytes(self.data[1])}
+
+    @property
+    def tunnelled(self) -> bool:
+        """Inside a tunnel: a tunnel protocol, or IP inside IP (IP-in-IP, 6in4, ...)."""
+        for stack in self.stacks:
+            layers = stack.split(":")
+            if TUNNELS & set(layers) or sum(x in ("ip", "ipv6") for x in layers) >= 2:
+                return True
+        return False
 
     @property
     def payload_bytes(self) -> int:
@@ -101,6 +114,8 @@ def _parse_packet_line(line: str, streams: dict[int, TsharkStream]) -> None:
         st.flags_seen |= int(parts[2], 16) if parts[2] else 0
     except ValueError:
         pass
+    if len(st.stacks) < 16:
+        st.stacks.add(parts[1])
     st.protocols.update(parts[1].split(":"))
     if parts[3] and parts[4] and parts[3] != parts[4]:
         st.truncated = True
