@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -257,6 +258,18 @@ def train(
     return report
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork when this process runs one thread (fast; callers need no ``__main__``
+    guard); otherwise forkserver, so workers never inherit other threads' locks
+    (a progress bar's monitor, a reactor), at the price of importing afresh."""
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver")
+
+
+PARALLEL_MIN_DIALOGS = 16  # smaller ports are learned in-process: a worker costs more
+
+
 def _learn_all(
     machines: dict[Key, Machine],
     groups: dict[Key, list[Dialog]],
@@ -265,42 +278,45 @@ def _learn_all(
     progress: Progress | None,
     analyser: Analyser | None,
 ) -> dict[Key, int]:
-    """Learn every port; with jobs > 1 different ports go to different processes.
+    """Learn every port; with jobs > 1 the big ports go to different processes.
 
-    A custom ``analyser`` must then be picklable (a module-level function or
-    an instance of a module-level class).
+    The result does not depend on where a port was learned (same function,
+    machines travel as JSON). A custom ``analyser`` must then be picklable (a
+    module-level function or an instance of a module-level class).
     """
     keys = sorted(groups)
     steps: dict[Key, int] = {}
-    total = len(keys)
+    done = 0
     if progress:
-        progress("learn", 0, total, "")
-    if jobs <= 1 or len(keys) <= 1:
-        for n, key in enumerate(keys, start=1):
+        progress("learn", 0, len(keys), "")
+    big = [k for k in keys if len(groups[k]) >= PARALLEL_MIN_DIALOGS]
+    if jobs <= 1 or len(big) <= 1:
+        big = []
+    small = [k for k in keys if k not in big]
+    for key in small:
 
-            def on_step(r: StepReport, key: Key = key) -> None:
-                if progress:
-                    progress(
-                        "refine", r.iteration, None, f"{key[0]}/{key[1]}: {r.bucketed} bucketed"
-                    )
-
-            steps[key] = learn_machine(machines[key], groups[key], options, analyser, on_step)
+        def on_step(r: StepReport, key: Key = key) -> None:
             if progress:
-                progress("learn", n, total, f"{key[0]}/{key[1]}")
+                progress("refine", r.iteration, None, f"{key[0]}/{key[1]}: {r.bucketed} bucketed")
+
+        steps[key] = learn_machine(machines[key], groups[key], options, analyser, on_step)
+        done += 1
+        if progress:
+            progress("learn", done, len(keys), f"{key[0]}/{key[1]}")
+    if not big:
         return steps
-    # forkserver: workers never inherit this process's threads (a progress bar's
-    # monitor thread, a reactor) or their locks, as plain fork would.
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(keys)), mp_context=context) as pool:
+    context = _pool_context()
+    with ProcessPoolExecutor(max_workers=min(jobs, len(big)), mp_context=context) as pool:
         futures = {
             key: pool.submit(
                 _learn_json, machine_to_json(machines[key]), groups[key], options, analyser
             )
-            for key in keys
+            for key in big
         }
-        for n, key in enumerate(keys, start=1):
+        for key in big:
             machine_json, steps[key] = futures[key].result()
             machines[key] = machine_from_json(machine_json)
+            done += 1
             if progress:
-                progress("learn", n, total, f"{key[0]}/{key[1]}")
+                progress("learn", done, len(keys), f"{key[0]}/{key[1]}")
     return steps
