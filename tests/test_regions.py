@@ -391,3 +391,22 @@ def test_resp_commands_are_separated_and_lengths_mutate() -> None:
         generic = min(family, key=lambda c: c.pattern.specificity)
         assert generic.pattern.regions[0].fixed == head
         assert generic.pattern.regions[-1].fixed.endswith(b"\r\n")
+
+
+@pytest.mark.skipif(not (CAPTURES / "dns.pcap").exists(), reason="lab captures absent")
+def test_real_dns_queries_start_with_a_mutating_transaction_id() -> None:
+    from scriptgen.trace import Direction, read_conversations
+
+    samples = [
+        m.data
+        for conv in read_conversations(CAPTURES / "dns.pcap")
+        if conv.protocol == "udp"
+        for m in conv.messages[:1]
+        if m.direction == Direction.CLIENT
+    ]
+    clusters = analyse(samples)
+    check_invariants(samples, clusters)
+    assert sum(len(c.members) for c in clusters) >= len(samples) * 0.9
+    for c in clusters:
+        first = c.pattern.regions[0]
+        assert not first.is_fixed and first.min_len >= 2, c.pattern.describe()
