@@ -58,12 +58,14 @@ def test_unknown_id_is_refused() -> None:
 
 
 def test_markdown_table_printed_by_module() -> None:
-    out = subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "scriptgen.emulate.events"],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout
+    )
+    out = proc.stdout
+    assert proc.stderr == ""  # no warnings either: the lead pastes this into the README
     assert out == markdown_table()
     assert out.count("\n") == len(CATALOGUE) + 2
     for eid in CATALOGUE:
