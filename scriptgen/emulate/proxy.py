@@ -466,13 +466,14 @@ class Proxy:
         return True
 
     def relaying(self, tap: Tap) -> None:
-        self.emit(
-            "scriptgen.proxy.replayed",
-            tap.proto.where,
-            host=tap.source.host,
-            turns=len(tap.turns),
-            similarity=tap.scores,
-        )
+        if tap.turns:  # a connection that went straight to the host replayed nothing
+            self.emit(
+                "scriptgen.proxy.replayed",
+                tap.proto.where,
+                host=tap.source.host,
+                turns=len(tap.turns),
+                similarity=tap.scores,
+            )
         self.emit("scriptgen.proxy.relaying", tap.proto.where, host=tap.source.host)
 
     def failed(self, tap: Tap, reason: str, **details: Any) -> None:

@@ -25,10 +25,12 @@ from twisted.logger import Logger
 from scriptgen.emulate.config import Config, PortSpec
 from scriptgen.emulate.eventlog import EventLog
 from scriptgen.emulate.gate import Gate, gated_ports
+from scriptgen.emulate.matching import CompiledMachine
 from scriptgen.emulate.protocol import EmulatorFactory
 from scriptgen.emulate.reload import ModelHolder
 from scriptgen.emulate.runtime import Runtime
 from scriptgen.emulate.udp import EmulatorDatagramProtocol
+from scriptgen.model import Machine
 
 log = Logger(namespace="scriptgen")
 
@@ -56,6 +58,10 @@ class EmulatorService(MultiService):
         self.reactor = reactor
         self.listening: dict[PortSpec, Any] = {}
         self.udp: dict[PortSpec, EmulatorDatagramProtocol] = {}
+        self.proxy: Any = None  # scriptgen.emulate.proxy.Proxy when [proxy] enabled
+        self.learner: Any = None  # scriptgen.emulate.online.OnlineLearner
+        if config.proxy.enabled:
+            self._build_proxy()
         self._reloader: LoopingCall | None = None
         self._old_hup: Any = None
         self.gate = Gate(
@@ -67,6 +73,35 @@ class EmulatorService(MultiService):
             listen=config.listen,
             hold_timeout=config.gate_hold,
             max_entries=config.limits.max_sources,
+        )
+
+    def _build_proxy(self) -> None:
+        """Proxy, spool and online learner (imported here: only with the proxy on)."""
+        from scriptgen.emulate.online import OnlineLearner
+        from scriptgen.emulate.proxy import Proxy
+        from scriptgen.emulate.recorder import Spool
+
+        cfg, reactor, events = self.config.proxy, self.reactor, self.runtime.events
+        spool = Spool(cfg.spool, cfg.record_bytes)
+
+        def in_thread(f: Any, *args: Any) -> Deferred[Any]:
+            return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+        self.learner = OnlineLearner(
+            self.config.model_dir, spool, events.emit, in_thread, self.holder.reload
+        )
+
+        def connect(host: str, port: int, factory: Any, timeout: float) -> Any:
+            return reactor.connectTCP(host, port, factory, timeout=timeout)
+
+        self.proxy = Proxy(
+            cfg,
+            events.emit,
+            reactor,
+            connect,
+            spool,
+            self.learner.submit if cfg.learn else lambda paths: None,
+            self.runtime.limit_hit,
         )
 
     @property
@@ -89,6 +124,11 @@ class EmulatorService(MultiService):
         if self.config.ports is None:
             self.holder.on_new = self._serve_new
         self._install_hup()
+        if self.proxy is not None:
+            spool = self.proxy.spool
+            spool.recover()  # recordings a crash left open are pending, as far as written
+            if self.config.proxy.learn and spool.pending():
+                self.learner.submit(spool.pending())
         events.emit(
             "scriptgen.service.started",
             config=self.config.source,
@@ -102,6 +142,7 @@ class EmulatorService(MultiService):
             if spec.protocol == "tcp":
                 factory = EmulatorFactory(self.runtime, spec)
                 factory.gate = self.gate
+                factory.proxy = self.proxy
                 port = self.reactor.listenTCP(spec.served, factory, interface=listen, backlog=511)
             else:
                 proto = EmulatorDatagramProtocol(self.runtime, spec)
@@ -156,6 +197,9 @@ class EmulatorService(MultiService):
             signal.signal(signal.SIGHUP, self._old_hup)
             self._old_hup = None
         self.runtime.events.emit("scriptgen.service.stopped")
+        if self.proxy is not None:
+            self.proxy.stop()  # recordings closed: pending, learned at the next start
+            self.learner.stop()
         self.gate.stop()
         stops = [d for p in self.listening.values() if (d := p.stopListening()) is not None]
         self.listening.clear()
@@ -225,6 +269,10 @@ def make_service(
     if not specs:
         raise StartupError(f"model dir {config.model_dir}: no models to serve (ports = auto)")
     for spec in specs:
+        if spec.key not in holder.machines and config.proxy.enabled:
+            # Nothing learned yet: served empty, every connection goes to the pool.
+            empty = Machine(spec.protocol, spec.learned)
+            holder.machines[spec.key] = CompiledMachine.build(empty, "<empty: proxy>")
         if spec.key not in holder.machines:
             raise StartupError(
                 f"config {config.source}: [scriptgen] ports: no model for "
