@@ -201,3 +201,18 @@ def test_explicit_ports_do_not_grow(tmp_path: Path) -> None:
     reactor.advance(1.1)
     assert [p[0] for p in reactor.tcpServers] == [7000]
     service.stopService()
+
+
+def test_serving_does_not_import_the_learner() -> None:
+    """DESIGN: nothing in emulate knows how alignment works (the learner may
+    be imported lazily by the proxy's online learning, never to serve)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import scriptgen.emulate.service, scriptgen.emulate.protocol, scriptgen.emulate.udp\n"
+        "print(sorted(m for m in sys.modules if m.startswith('scriptgen.learn')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
