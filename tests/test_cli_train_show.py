@@ -297,6 +297,19 @@ def test_region_options_are_converted_and_bad_values_refused(tmp_path):
     assert options.region.min_cluster_size == 1 and options.region.distance_threshold == 0.25
     assert options.region.keep_generic is False and options.region.linkage == "single"
     assert options.learn.max_bucket == 7 and options.learn.widen is False
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--model-dir",
+            "d",
+            "x.pcap",
+            "--region",
+            "max-samples=9",
+            "--region",
+            "workers=2",
+        ]
+    )
+    assert build_options(args).region.max_samples == 9 and build_options(args).region.workers == 2
     for bad in (
         ["--distance-threshold", "2"],
         ["--min-cluster-size", "many"],

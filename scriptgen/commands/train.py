@@ -78,6 +78,13 @@ def register(subparsers: Any) -> None:
     )
     for name in REGION_FLAGS:
         r.add_argument(_flag(name), default=None, metavar="X")
+    r.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any RegionOptions field, e.g. --region min_cluster_size=1 (repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -109,13 +116,18 @@ def build_options(args: argparse.Namespace) -> Any:
 def region_overrides(args: argparse.Namespace, options_class: type) -> dict[str, Any]:
     """The region options given on the command line, converted to their fields' types."""
     defaults = {f.name: f.default for f in dataclasses.fields(options_class)}
+    given = [(name, getattr(args, name, None)) for name in REGION_FLAGS]
+    for item in getattr(args, "region", None) or []:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--region {item!r}: expected NAME=VALUE")
+        given.append((name.strip().replace("-", "_"), text.strip()))
     out: dict[str, Any] = {}
-    for name in REGION_FLAGS:
-        text = getattr(args, name, None)
+    for name, text in given:
         if text is None:
             continue
         if name not in defaults:
-            raise ValueError(f"{_flag(name)} is not a region analysis option of this version")
+            raise ValueError(f"{name} is not a region analysis option of this version")
         default = defaults[name]
         if isinstance(default, bool):
             out[name] = _parse_bool(text)
