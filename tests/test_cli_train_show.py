@@ -297,6 +297,7 @@ def test_region_options_are_converted_and_bad_values_refused(tmp_path):
     assert options.region.min_cluster_size == 1 and options.region.distance_threshold == 0.25
     assert options.region.keep_generic is False and options.region.linkage == "single"
     assert options.learn.max_bucket == 7 and options.learn.widen is False
+    assert options.learn.regeneralise is False and options.learn.max_examples == 3
     args = build_parser().parse_args(
         [
             "train",

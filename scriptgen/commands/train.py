@@ -15,6 +15,8 @@ LEARN_FLAGS = {  # LearnOptions field -> help
     "max_answers": "distinct answers kept per state as evidence",
     "max_iterations": "refinement steps per training run",
     "widen_slack": "bytes a mutating region may grow by to take a near miss",
+    "max_examples": "example requests remembered per transition",
+    "max_example_bytes": "longer requests are not remembered as examples",
 }
 
 
@@ -67,6 +69,11 @@ def register(subparsers: Any) -> None:
         "--max-turns", type=int, default=512, metavar="N", help="requests per dialog learned"
     )
     p.add_argument("--no-widen", action="store_true", help="never widen a learned length range")
+    p.add_argument(
+        "--no-regeneralise",
+        action="store_true",
+        help="analyse buckets without the examples of known transitions",
+    )
     g = p.add_argument_group("learner bounds")
     defaults = LearnOptions()
     for name, text in LEARN_FLAGS.items():
@@ -100,7 +107,9 @@ def build_options(args: argparse.Namespace) -> Any:
     from scriptgen.learn.trainer import TrainOptions
 
     learn = LearnOptions(
-        **{name: getattr(args, name) for name in LEARN_FLAGS}, widen=not args.no_widen
+        **{name: getattr(args, name) for name in LEARN_FLAGS},
+        widen=not args.no_widen,
+        regeneralise=not args.no_regeneralise,
     )
     from scriptgen.learn.regions import RegionOptions
 

@@ -13,7 +13,14 @@ fills the buckets one level deeper. Repeating until no bucket yields
 anything grows the machine one level per step (the paper's Figure 6).
 
 Training from scratch and training an existing machine on more data are the
-same code path: load, update with the new dialogs, refine.
+same code path: load, update with the new dialogs, refine. Two additions
+make "A, then B" learn what "A and B at once" learns, although the model
+keeps no past dialogs: *widening* lets a transition's mutating lengths grow
+to take a bucketed request that misses it only by length, and
+*regeneralisation* analyses a bucket together with a few remembered example
+requests of each known transition, so that a cluster joining new requests
+with one transition's examples leads to that transition's state (a second
+incoming transition: the machine is then a DAG, not a tree).
 """
 
 from __future__ import annotations
