@@ -291,6 +291,9 @@ def test_region_options_are_converted_and_bad_values_refused(tmp_path):
             "--max-bucket",
             "7",
             "--no-widen",
+            "--no-regeneralise",
+            "--max-examples",
+            "3",
         ]
     )
     options = build_options(args)
