@@ -16,8 +16,8 @@
    ``false``; every test run is played against it, at the same address
    (the NetBIOS session request names the address the client was given).
 
-A run *completes* when rpcclient exits 0 and the emulator answered at least
-25 requests on its connection without an unmatched one; *same output* when
+A run *completes* when rpcclient exits as against the real server (0) and
+the emulator answered at least 25 requests on its connection without an unmatched one; *same output* when
 its stdout also equals the real server's (names map to SIDs, so a name the
 training never saw gets the template's SID: completing is the measure).
 Needs root (port 139, tcpdump), smbd, rpcclient, tcpdump, twistd.
@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +124,19 @@ class Result:
     requests: list[int] | None = None
 
 
-def serve_and_play(model_dir: Path, work: Path, runs: list[dict], deps: bool) -> Result:
+def serve_and_play(
+    model_dir: Path,
+    work: Path,
+    runs: list[dict],
+    deps: bool,
+    client: Callable[[dict], tuple[int, str]] | None = None,
+    min_requests: int = 25,
+) -> Result:
+    """Serve ``model_dir`` on EMU:139 and play ``runs``; ``client(run)`` -> (status, stdout)
+    (default: rpcclient with the run's commands). A run completes when it exits as it
+    did against the real server (``run["status"]``), with ``min_requests`` answered and
+    nothing unmatched."""
+    client = client or (lambda run: rpcclient(EMU, run["commands"], timeout=10))
     events = work / f"events-{deps}.json"
     events.unlink(missing_ok=True)
     config = work / f"scriptgen-{deps}.ini"
@@ -143,13 +156,13 @@ def serve_and_play(model_dir: Path, work: Path, runs: list[dict], deps: bool) ->
         result = Result(requests=[])
         for run in runs:
             before = _closed_sessions(events)
-            status, out = rpcclient(EMU, run["commands"], timeout=10)
+            status, out = client(run)
             time.sleep(0.1)
             closed = _closed_sessions(events)[len(before) :]
             answered = max((e.get("requests", 0) for e in closed), default=0)
             clean = all(e.get("reason") != "unmatched" for e in closed)
             result.requests.append(answered)
-            if status == 0 and answered >= 25 and clean:
+            if status == run["status"] and answered >= min_requests and clean:
                 result.completed += 1
                 result.same_output += out == run["stdout"]
         return result

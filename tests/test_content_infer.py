@@ -354,3 +354,17 @@ def test_live_answers_reads_matches_lazily_and_can_be_switched_off() -> None:
     assert calls == [1]  # never computed when off
     odd = LiveAnswers(m.states, True)
     assert odd.answer(1, m.states[1].answer, req, lambda: lazy) == m.states[1].answer
+
+
+def test_clock_echoed_in_a_fixed_request_region_stays() -> None:
+    """A server time the client sends back inside a fixed region (its high bytes were the
+    same in every capture) must keep the learned value, or the next request would not match."""
+    base = 1_700_000_000
+    times = [(base + 3 * i).to_bytes(4, "big") for i in range(4)]
+    m = chain(
+        Pattern((fx(b"TIME"),)),
+        Pattern((fx(b"AUTH " + times[0][:3]), mu(1))),
+    )
+    ds = dialogs([[(b"TIME", b"T" + t), (b"AUTH " + t, b"ok")] for t in times])
+    learn(m, ds)
+    assert m.states[1].dependencies == []

@@ -598,6 +598,14 @@ def _server_values(
             p += 1
         hi = p
         clock = _clock_field(answers, lo, hi)
+        if clock is not None and _echoed_in_fixed(
+            samples, answers, clock["at"], clock["at"] + clock["width"]
+        ):
+            # The client sends this time back where a transition requires it exactly
+            # (a timestamp inside an authentication blob): keep the learned value.
+            free[clock["at"] : clock["at"] + clock["width"]] = False
+            p = max(p, clock["at"] + clock["width"])
+            continue
         if clock is not None and free[clock["at"] : clock["at"] + clock["width"]].all():
             deps.append(clock)
             free[clock["at"] : clock["at"] + clock["width"]] = False
