@@ -160,3 +160,24 @@ def test_pattern_matches_what_it_describes(rs, data):
     ]
     assert pattern.fullmatch(b"".join(parts)) is not None
     assert Pattern.from_json(pattern.to_json()) == pattern
+
+
+def test_huge_regions_compile_fast_and_keep_their_bounds():
+    """A hostile model with enormous region counts must not hang compilation."""
+    import time
+
+    pattern = Pattern((Region(b"A"), Region.mutating(9_995_905, 10_000_000), Region(b"Z")))
+    started = time.monotonic()
+    assert pattern.fullmatch(b"A" + b"x" * 9_995_905 + b"Z") is not None
+    assert pattern.fullmatch(b"A" + b"x" * 10 + b"Z") is None
+    assert pattern.could_extend(b"A" + b"x" * 1000)
+    assert time.monotonic() - started < 5  # counted repeats took 10 s and 2.6 GB here
+
+
+def test_loose_region_bounds_are_checked_per_region():
+    pattern = Pattern(
+        (Region.mutating(5000, 6000), Region(b"|"), Region.mutating(1, 2), Region(b"."))
+    )
+    assert pattern.fullmatch(b"x" * 5000 + b"|ab.") is not None
+    # total length fits the pattern, but the first region is too short
+    assert pattern.fullmatch(b"x" * 4999 + b"|ab." + b"") is None

@@ -16,6 +16,9 @@ from typing import Any
 
 import regex
 
+# Mutating regions wider than this compile to ``.*`` plus a length check.
+MAX_COUNTED_REPEAT = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Region:
@@ -40,9 +43,21 @@ class Region:
     def is_fixed(self) -> bool:
         return self.fixed is not None
 
+    @property
+    def is_loose(self) -> bool:
+        """Too wide for a counted repeat: compiled as ``.*`` and length-checked after.
+
+        The ``regex`` module compiles ``.{n,m}`` in time and memory that grow
+        with the counts (``.{10000000}`` takes seconds and gigabytes), so a
+        hostile or huge model must not reach it with large counts.
+        """
+        return self.fixed is None and self.max_len > MAX_COUNTED_REPEAT
+
     def to_regex(self) -> bytes:
         if self.fixed is not None:
             return b"(" + regex.escape(self.fixed) + b")"
+        if self.is_loose:
+            return b"(.*)"
         return b"(.{%d,%d})" % (self.min_len, self.max_len)
 
     def to_json(self) -> dict[str, Any]:
@@ -85,7 +100,16 @@ class Pattern:
         """The match object when ``data`` is exactly one request of this kind."""
         if not self.min_len <= len(data) <= self.max_len:
             return None
-        return self.compiled.fullmatch(data)
+        m = self.compiled.fullmatch(data)
+        if m is not None and self._loose_groups:
+            for group, region in self._loose_groups:
+                if not region.min_len <= m.end(group) - m.start(group) <= region.max_len:
+                    return None
+        return m
+
+    @cached_property
+    def _loose_groups(self) -> tuple[tuple[int, Region], ...]:
+        return tuple((i + 1, r) for i, r in enumerate(self.regions) if r.is_loose)
 
     def could_extend(self, data: bytes) -> bool:
         """True when more bytes appended to ``data`` could still make a match.
