@@ -226,3 +226,21 @@ def test_backtracking_pattern_runs_out_of_time_as_unmatched() -> None:
     assert time.monotonic() - started < 1.0
     assert len(steps) == 1 and isinstance(steps[0], Unmatched)
     assert steps[0].reason == "match_timeout"
+
+
+def test_trickled_big_payload_that_already_matches_is_judged_lazily() -> None:
+    """A payload pattern (open-ended tail) matches after its header: waiting to
+    settle must not turn into re-judging the whole buffer on every byte."""
+    m = Machine("tcp", 1)
+    s = m.new_state()
+    m.states[0].transitions.append(
+        Transition(Pattern((Region(b"\x00\x01"), Region.mutating(1, 100000))), s.id)
+    )
+    d = Dialog(CompiledMachine.build(m), 70000)
+    d.feed(b"\x00\x01x")
+    assert d.waiting is Waiting.SETTLE
+    for _ in range(60000):
+        assert d.feed(b"y") == []
+    assert d.judgements < 4096 + 100
+    (step,) = d.settle()
+    assert isinstance(step, Matched) and len(step.request) == 60003

@@ -89,7 +89,6 @@ class Dialog:
         self.requests = 0  # requests matched so far
         self.judgements = 0  # buffers judged without the cache (tests, benchmarks)
         self._judged = 0  # buffer length when it was last judged
-        self._deferred = False  # judging postponed (see feed)
 
     @property
     def root(self) -> StateIndex:
@@ -101,14 +100,13 @@ class Dialog:
         """Append stream bytes; return the steps they complete."""
         self.buffer = self.buffer + data if self.buffer else data
         size = len(self.buffer)
-        if (self.waiting is Waiting.MORE or self._deferred) and LAZY_FROM < size <= self.max_buffer:
+        if self.waiting is not Waiting.NOTHING and LAZY_FROM < size <= self.max_buffer:
             if size < self._judged + self._judged // 8:
                 # A big request trickling in: judging the whole buffer again on
                 # every small segment would cost O(n^2) regex work (a cheap
                 # attack). Judge again when it grew by 1/8, or when the stream
                 # pauses for the settle delay.
                 self.waiting = Waiting.SETTLE
-                self._deferred = True
                 return []
         steps = self._drain(final=False)
         if len(self.buffer) > self.max_buffer:
@@ -133,7 +131,6 @@ class Dialog:
     def _drain(self, final: bool) -> list[Step]:
         steps: list[Step] = []
         self._judged = len(self.buffer)
-        self._deferred = False
         while self.buffer:
             step = self._decide(final)
             if step is None:
