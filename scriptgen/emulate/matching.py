@@ -82,10 +82,8 @@ class Rule:
 
     def _full(self, data: bytes) -> Any:
         """``Pattern.fullmatch`` with a deadline."""
-        if not self.pattern.min_len <= len(data) <= self.pattern.max_len:
-            return None
         try:
-            return self.pattern.compiled.fullmatch(data, timeout=self.timeout)
+            return self.pattern.fullmatch(data, timeout=self.timeout)
         except TimeoutError:
             raise MatchTimeout(self.pattern.describe()) from None
 

@@ -96,11 +96,14 @@ class Pattern:
         body = b"".join(r.to_regex() for r in self.regions)
         return regex.compile(b"(?s)" + body)
 
-    def fullmatch(self, data: bytes) -> regex.Match | None:
-        """The match object when ``data`` is exactly one request of this kind."""
+    def fullmatch(self, data: bytes, timeout: float | None = None) -> regex.Match | None:
+        """The match object when ``data`` is exactly one request of this kind.
+
+        ``timeout`` (seconds) bounds the regex engine; it raises TimeoutError.
+        """
         if not self.min_len <= len(data) <= self.max_len:
             return None
-        m = self.compiled.fullmatch(data)
+        m = self.compiled.fullmatch(data, timeout=timeout)
         if m is not None and self._loose_groups:
             for group, region in self._loose_groups:
                 if not region.min_len <= m.end(group) - m.start(group) <= region.max_len:
