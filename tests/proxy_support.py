@@ -96,8 +96,13 @@ def start_emulator(
     config = tmp / "scriptgen.ini"
     config.write_text(
         CONFIG.format(
-            models=models, ports=ports, events=events, pool=pool, expiry=expiry,
-            spool=spool, learn=str(learn).lower(),
+            models=models,
+            ports=ports,
+            events=events,
+            pool=pool,
+            expiry=expiry,
+            spool=spool,
+            learn=str(learn).lower(),
         )  # fmt: skip
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

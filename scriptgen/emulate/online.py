@@ -46,7 +46,7 @@ def _transitions(model_dir: Path) -> dict[_Sig, dict[str, Any]]:
                     "state": state.id,
                     "target": t.target,
                     "pattern": t.pattern.describe(),
-                    "regex": t.pattern.compiled().pattern.decode("latin-1"),
+                    "regex": t.pattern.compiled.pattern.decode("latin-1"),
                     "fixed_bytes": t.pattern.specificity,
                 }
     return out

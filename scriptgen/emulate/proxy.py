@@ -484,6 +484,11 @@ class Proxy:
             host=tap.source.host,
             **details,
         )
+        source = tap.source
+        if reason in ("host_refused", "host_timeout") and source.host is not None:
+            busy = [t for t in source.taps if t is not tap and t.mode in (REPLAYING, RELAYING)]
+            if not busy:  # the host is unusable: the emulator serves this source again
+                self.release(source, reason)
 
     def new_flow(self, tap: Tap) -> Flow | None:
         rec = tap.source.recording
