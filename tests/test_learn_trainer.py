@@ -106,8 +106,13 @@ def test_same_input_gives_byte_identical_models_whatever_jobs(tmp_path, kind):
     a, b = files_bytes(tmp_path / "a"), files_bytes(tmp_path / "b")
     assert set(a) == {"tcp-6379.json", "tcp-53.json", "udp-53.json"}
     assert a == b
-    # and nothing depends on the clock or the directory
-    train(pcaps, tmp_path / "c", options, analyser=analyser)
+    # and nothing depends on the clock or on where the captures are
+    elsewhere = tmp_path / "copies"
+    elsewhere.mkdir()
+    copies = [elsewhere / p.name for p in pcaps]
+    for src, dst in zip(pcaps, copies, strict=True):
+        dst.write_bytes(src.read_bytes())
+    train(copies, tmp_path / "c", options, analyser=analyser)
     assert files_bytes(tmp_path / "c") == a
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from scriptgen.model import End, Suffix, Turn
 from scriptgen.trace.types import Conversation, Direction, Outcome
@@ -117,7 +118,8 @@ def to_dialog(
         prev = msg.direction
     if not turns and not banner:
         return "damaged" if cut else "no-messages"
-    origin = f"{conv.source}#{conv.client}" if conv.source else str(conv.client)
+    # The file name only: the same capture elsewhere must give the same model.
+    origin = f"{PurePath(conv.source).name}#{conv.client}" if conv.source else str(conv.client)
     suffix = Suffix(
         tuple(Turn(bytes(r), bytes(a)) for r, a in turns),
         None if cut else server_end(conv),
