@@ -61,6 +61,14 @@ class LearnOptions:
     max_examples: int = 8  # distinct requests remembered per transition (for regeneralise)
     max_example_bytes: int = 4096  # longer requests are not remembered
 
+    def __post_init__(self) -> None:
+        for name in ("max_bucket", "max_answers", "max_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("widen_slack", "max_examples", "max_example_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
