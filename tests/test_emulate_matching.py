@@ -244,3 +244,21 @@ def test_trickled_big_payload_that_already_matches_is_judged_lazily() -> None:
     assert d.judgements < 4096 + 100
     (step,) = d.settle()
     assert isinstance(step, Matched) and len(step.request) == 60003
+
+
+def test_wide_region_patterns_split_and_check_lengths() -> None:
+    """Regions wider than a counted repeat compile to ``.*`` (Region.is_loose):
+    splitting pipelined requests and the length bound still hold."""
+    m = Machine("tcp", 1)
+    s = m.new_state()
+    for st_ in (m.states[0], s):
+        st_.transitions.append(
+            Transition(Pattern((Region(b"X "), Region.mutating(2, 10000), Region(b"\r\n"))), s.id)
+        )
+    assert m.states[0].transitions[0].pattern.regions[1].is_loose
+    d = Dialog(CompiledMachine.build(m), 70000)
+    steps = d.feed(b"X ab\r\nX cd\r\n")
+    assert [st.request for st in steps] == [b"X ab\r\n", b"X cd\r\n"]
+    d = Dialog(CompiledMachine.build(m), 70000)
+    steps = d.feed(b"X a\r\n")  # 'a' is shorter than the region's minimum: not this request
+    assert not any(isinstance(st, Matched) for st in steps)

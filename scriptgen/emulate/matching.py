@@ -67,6 +67,7 @@ class Rule:
     required: bytes  # its longest fixed region: a full or prefix match contains it
     first: tuple[int, int, bytes] | None  # first fixed region and its possible offsets lo..hi
     timeout: float  # seconds per regex evaluation
+    loose: bool  # has regions compiled as ``.*`` plus a length check (Region.is_loose)
 
     def __repr__(self) -> str:
         return f"Rule({self.order}: {self.pattern.describe()} -> {self.target})"
@@ -145,15 +146,25 @@ class Rule:
             m = self.prefix_re.match(data, timeout=self.timeout)
         except TimeoutError:
             raise MatchTimeout(self.pattern.describe()) from None
-        return m.end() if m is not None and 0 < m.end() < len(data) else 0
+        if m is None or not 0 < m.end() < len(data):
+            return 0
+        if self.loose and self._full(data[: m.end()]) is None:
+            return 0  # a wide region's length bound failed: no split found here
+        return m.end()
 
 
 def _prefix_regex(pattern: Pattern) -> Any:
-    """The pattern with lazy quantifiers, for finding where a request ends in a stream."""
+    """The pattern with lazy quantifiers, for finding where a request ends in a stream.
+
+    Regions too wide for a counted repeat (``Region.is_loose``) become
+    ``.*?``; a prefix found that way is checked with the real pattern.
+    """
     parts = []
     for region in pattern.regions:
         if region.fixed is not None:
             parts.append(regex.escape(region.fixed))
+        elif region.is_loose:
+            parts.append(b".*?")
         else:
             parts.append(b".{%d,%d}?" % (region.min_len, region.max_len))
     return regex.compile(b"(?s)" + b"".join(parts))
@@ -238,6 +249,7 @@ class StateIndex:
                     literal=_literal(t.pattern),
                     first=_first_fixed(t.pattern),
                     timeout=timeout,
+                    loose=any(r.is_loose for r in t.pattern.regions),
                     required=max(
                         (r.fixed for r in t.pattern.regions if r.fixed), key=len, default=b""
                     ),
