@@ -318,6 +318,10 @@ def test_region_options_are_converted_and_bad_values_refused(tmp_path):
         ["--distance-threshold", "2"],
         ["--min-cluster-size", "many"],
         ["--keep-generic", "maybe"],
+        ["--region", "no_such_option=1"],
+        ["--region", "max_samples"],
+        ["--max-bucket", "0"],
+        ["--max-examples", "-1"],
     ):
         r = run_cli("train", "--model-dir", str(tmp_path), str(capture("redis.pcap")), *bad)
         assert r.returncode == 2 and "Traceback" not in r.stderr and "bad option" in r.stderr
