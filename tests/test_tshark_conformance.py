@@ -88,6 +88,10 @@ def _one_file(path: Path, index_streams: int | None, cache: Path | None) -> File
         else:
             rep.excluded["unreadable-no-tcp"] += 1
         return rep
+    except Exception as exc:  # a crash on hostile input is a finding, named by file
+        rep = FileReport(str(path))
+        rep.mismatches.append(f"{path}: reader crashed: {type(exc).__name__}: {exc}")
+        return rep
     if not convs and index_streams == 0:
         rep = FileReport(str(path))
         rep.excluded["file-without-tcp"] += 1
