@@ -505,12 +505,33 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
     ifaces: list[_Iface] = []
     hdr = struct.Struct(endian + "II").unpack_from
     epb = struct.Struct(endian + "IIIII").unpack_from
+    epb7 = struct.Struct(endian + "7I").unpack_from
     u32 = struct.Struct(endian + "I").unpack_from
     n = nbytes = 0
     last_ts = 0.0
     buf, pos = r.buf, r.pos
     try:
         while True:
+            # fast path: a whole, well-formed EPB inside the current chunk
+            if pos + 28 <= len(buf):
+                btype, blen, iface, th, tl, caplen, origlen = epb7(buf, pos)
+                end = pos + blen
+                if (
+                    btype == 6
+                    and end <= len(buf)
+                    and caplen <= blen - 32
+                    and blen <= MAX_PACKET_BLOCK
+                    and not blen & 3
+                    and iface < len(ifaces)
+                    and u32(buf, end - 4)[0] == blen
+                ):
+                    lt, div, off, _snap = ifaces[iface]
+                    last_ts = ((th << 32) | tl) / div + off
+                    n += 1
+                    nbytes += caplen
+                    yield new(Record, (last_ts, lt, buf[pos + 28 : pos + 28 + caplen], origlen))
+                    pos = end
+                    continue
             if pos + 8 > len(buf):
                 stats.packets_read += n
                 stats.bytes_read += nbytes
@@ -577,6 +598,7 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
                     endian = new_endian
                     hdr = struct.Struct(endian + "II").unpack_from
                     epb = struct.Struct(endian + "IIIII").unpack_from
+                    epb7 = struct.Struct(endian + "7I").unpack_from
                     u32 = struct.Struct(endian + "I").unpack_from
                     ifaces = []
                 buf, pos = r.buf, r.pos
