@@ -27,14 +27,7 @@ reload_interval = 0
 request_settle = 0.1
 on_unmatched = close
 [proxy]
-enabled = true
-pool = {pool}
-expiry = {expiry}
-spool = {spool}
-connect_timeout = 2
-replay_quiet = 0.3
-replay_timeout = 10
-learn = {learn}
+{proxy}
 [limits]
 idle_timeout = 10
 request_timeout = 2
@@ -89,22 +82,21 @@ def start_emulator(
     expiry: float = 1.0,
     learn: bool = True,
     models: Path | None = None,
+    **proxy: Any,
 ) -> Emulator:
+    """twistd with the proxy on; ``proxy`` overrides [proxy] keys."""
     models = models or tmp / "models"
     models.mkdir(parents=True, exist_ok=True)
     events, spool = tmp / "events.json", tmp / "spool"
     config = tmp / "scriptgen.ini"
-    config.write_text(
-        CONFIG.format(
-            models=models,
-            ports=ports,
-            events=events,
-            pool=pool,
-            expiry=expiry,
-            spool=spool,
-            learn=str(learn).lower(),
-        )  # fmt: skip
-    )
+    keys = {
+        "enabled": "true", "pool": pool, "expiry": expiry, "spool": spool,
+        "connect_timeout": 2, "replay_quiet": 0.3, "replay_timeout": 10,
+        "learn": str(learn).lower(), **proxy,
+    }  # fmt: skip
+    section = "\n".join(f"{k} = {v}" for k, v in keys.items())
+    config.write_text(CONFIG.format(models=models, ports=ports, events=events, proxy=section))
+    before = Emulator(None, tmp, events, models, spool, {}).count("scriptgen.service.started")  # type: ignore[arg-type]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert TWISTD is not None
     proc = subprocess.Popen(
@@ -113,7 +105,7 @@ def start_emulator(
         cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     emu = Emulator(proc, tmp, events, models, spool, {})
-    started = emu.wait_count("scriptgen.service.started", 1, timeout=30)[-1]
+    started = emu.wait_count("scriptgen.service.started", before + 1, timeout=30)[-1]
     emu.ports = started["ports"]
     return emu
 
@@ -130,3 +122,77 @@ def stop_emulator(emu: Emulator, kill: bool = False) -> None:
 
 def tracebacks(emu: Emulator) -> list[str]:
     return [line for line in emu.log().splitlines() if "Traceback" in line]
+
+
+class FakeHost:
+    """A pool host on 127.0.0.2 speaking the line protocol of ``line_machine``.
+
+    ``mode``: "good" (banner, PING, USER, anything else ``200 ok <line>``),
+    "garbage" (a banner unlike the emulated one), "drip" (a byte every 5 ms,
+    forever), "dies" (good, but closes without answering an unknown line).
+    """
+
+    def __init__(self, mode: str = "good", addr: str = POOL, port: int = 0) -> None:
+        import socket
+        import threading
+
+        self.mode = mode
+        self.sock = socket.create_server((addr, port))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        self.sock.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: Any) -> None:
+        conn.settimeout(10)
+        try:
+            with conn:
+                if self.mode == "drip":
+                    while not self.stopped.wait(0.005):
+                        conn.sendall(b".")
+                    return
+                conn.sendall(
+                    b"\x00\x01\x02\x03\x04\xfe\xff" if self.mode == "garbage" else b"220 hello\r\n"
+                )
+                buf = b""
+                while not self.stopped.is_set():
+                    data = conn.recv(4096)
+                    if not data:
+                        return
+                    buf += data
+                    while b"\r\n" in buf:
+                        line, buf = buf.split(b"\r\n", 1)
+                        if line == b"PING":
+                            conn.sendall(b"+PONG\r\n")
+                        elif line.startswith(b"USER "):
+                            conn.sendall(b"331 password?\r\n")
+                        elif self.mode == "dies":
+                            return
+                        else:
+                            conn.sendall(b"200 ok " + line + b"\r\n")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        self.thread.join(2)
+
+    def __enter__(self) -> FakeHost:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -170,7 +170,9 @@ class Tap:
             self.upstream.transport.write(data)
             self._record(False, data)
         elif self.mode in (CONNECTING, REPLAYING):
-            self.pending.append(data)  # client reading is paused; this is what was in flight
+            self.pending.append(data)  # forwarded once the replay is done
+            if sum(map(len, self.pending)) > self.proxy.config.source_buffer_bytes:
+                self._fail("buffer_overflow")
 
     def client_eof(self) -> None:
         if self.mode == RELAYING and self.upstream is not None:
@@ -206,8 +208,7 @@ class Tap:
         left = self.proto.hand_over()  # bytes the emulator had not judged yet
         if left:
             self.pending.insert(0, left)
-        self.mode = CONNECTING
-        self.proto.transport.pauseProducing()
+        self.mode = CONNECTING  # the client is still read: a client that leaves is noticed
         cfg = self.proxy.config
         port = self.proto.machine.key[1]
         self.proxy.connect(host, port, UpstreamFactory(self), cfg.connect_timeout)
@@ -265,8 +266,8 @@ class Tap:
             self._fail(
                 "answers_differ",
                 turn=self.step,
-                emulated=expected,
-                host=self.got,
+                emulated_answer=expected,
+                host_answer=self.got,
             )
             return
         self.scores.append(score)
@@ -297,8 +298,6 @@ class Tap:
         self._forget()
         if self.eof:
             upstream.transport.loseWriteConnection()
-        else:
-            self.proto.transport.resumeProducing()
 
     def _timed_out(self) -> None:
         self._deadline = None
@@ -536,6 +535,9 @@ class Proxy:
             source.timer.cancel()
         source.timer = None
         for tap in list(source.taps):
+            if tap.flow is not None:  # ends in the recording now, before it is closed
+                tap.flow.close(self.now())
+                tap.flow = None
             if tap.proxied and tap.mode != CLOSED:
                 tap.proto._close("proxy_released")
         host, source.host = source.host, None

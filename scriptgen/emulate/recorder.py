@@ -89,6 +89,8 @@ class PcapWriter:
         f.flush()
 
     def write(self, ts: float, packet: bytes) -> None:
+        if self.f.closed:
+            return  # the recording was finished (source released) before this flow ended
         sec = int(ts)
         usec = min(int((ts - sec) * 1_000_000), 999_999)
         self.f.write(struct.pack("<IIII", sec, usec, len(packet), len(packet)) + packet)
