@@ -368,3 +368,37 @@ def test_clock_echoed_in_a_fixed_request_region_stays() -> None:
     ds = dialogs([[(b"TIME", b"T" + t), (b"AUTH " + t, b"ok")] for t in times])
     learn(m, ds)
     assert m.states[1].dependencies == []
+
+
+def test_rewriter_never_raises_on_hostile_entries_and_requests() -> None:
+    """Whatever the model file and the client hold, apply() returns bytes of bounded size."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    scalar = st.one_of(st.integers(-(2**40), 2**40), st.text(max_size=4), st.none(), st.booleans())
+    dep = st.dictionaries(
+        st.sampled_from(
+            ["kind", "at", "len", "request", "region", "anchor", "offset", "order", "groups"]
+            + ["width", "endian", "base", "unit", "answer"]
+        ),
+        scalar,
+    ).map(lambda d: {**d, "kind": d.get("kind") or "copy"})
+    kinds = st.sampled_from(["copy", "copy-region", "length", "answer", "clock", "random", "x"])
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.binary(max_size=64),
+        st.lists(st.tuples(dep, kinds), max_size=6),
+        st.lists(st.binary(max_size=40), max_size=4),
+    )
+    def check(template: bytes, entries: list, requests: list[bytes]) -> None:
+        history = History()
+        for req in requests:
+            history.request(req, ID_PATTERN.fullmatch(req) if req[:1] == b"I" else None)
+            history.answer(req[::-1])
+        deps: list = [{**d, "kind": k} for d, k in entries] + [["not", "a", "dict"], 7]
+        out = Rewriter(random.Random(0)).apply(template, deps, history)
+        assert isinstance(out, bytes)
+        assert len(out) <= len(template) + sum(len(r) for r in requests) * len(deps) + 8
+
+    check()

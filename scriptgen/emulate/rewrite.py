@@ -19,8 +19,9 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
+WIDTHS = (1, 2, 4, 8)  # integer field sizes the learner writes
 MAX_HISTORY = 16  # requests/answers remembered per connection (the learner looks ≤ 8 back)
 _NT_EPOCH = 11644473600
 
@@ -90,36 +91,40 @@ class Rewriter:
                 if kind == "copy-region":
                     value = history.region(-int(dep["request"]), int(dep["region"]), _groups(dep))
                     at, n = int(dep["at"]), int(dep["len"])
-                    if value is not None and 0 <= at and at + n <= len(template):
+                    if value is not None and 0 <= at and 0 <= n and at + n <= len(template):
                         varcopies.append((at, n, value))
                 elif kind == "length":
                     lengths.append(dep)
                 else:
                     self._fixed(buf, dep, history)
-            except (KeyError, TypeError, ValueError):
+            except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
                 continue  # a damaged entry: skip it, keep the rest
         out = _splice(buf, varcopies)
         for dep in lengths:
             try:
                 self._length(out, dep, varcopies)
-            except (KeyError, TypeError, ValueError, OverflowError):
+            except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
                 continue
         return bytes(out)
 
     def _fixed(self, buf: bytearray, dep: dict[str, Any], history: History) -> None:
-        """Same-length patches: copy, answer, random, clock."""
+        """Same-length patches: copy, answer, random, clock. Sizes are checked against
+        the template first: a model file is data too, and must not make us allocate."""
         kind = dep.get("kind")
         at = int(dep["at"])
         if kind == "clock":
             width = int(dep["width"])
+            if width not in WIDTHS or not 0 <= at <= len(buf) - width:
+                return
             value = _clock_value(self.clock(), str(dep["unit"]))
-            _put(
-                buf, at, value.to_bytes(width, dep["endian"]) if value < 1 << (8 * width) else None
-            )
+            if 0 <= value < 1 << (8 * width):
+                _put(buf, at, value.to_bytes(width, _endian(dep)))
             return
         n = int(dep["len"])
+        if not (0 <= at and 0 < n <= len(buf) - at):
+            return
         if kind == "random":
-            _put(buf, at, self.rng.randbytes(n) if n > 0 else None)
+            _put(buf, at, self.rng.randbytes(n))
         elif kind == "copy":
             _put(buf, at, _copied(dep, history, n))
         elif kind == "answer":
@@ -136,9 +141,19 @@ class Rewriter:
         at = int(dep["at"])
         pos = at + sum(len(v) - n for where, n, v in varcopies if where < at)
         width = int(dep["width"])
+        if width not in WIDTHS:
+            return
         value = len(out) - int(dep["base"])
         if 0 <= value < 1 << (8 * width) and 0 <= pos and pos + width <= len(out):
-            out[pos : pos + width] = value.to_bytes(width, dep["endian"])
+            out[pos : pos + width] = value.to_bytes(width, _endian(dep))
+
+
+def _endian(dep: dict[str, Any]) -> Literal["big", "little"]:
+    if dep.get("endian") == "little":
+        return "little"
+    if dep.get("endian") == "big":
+        return "big"
+    raise ValueError("bad endianness")
 
 
 def _copied(dep: dict[str, Any], history: History, n: int) -> bytes | None:
