@@ -402,3 +402,36 @@ def test_rewriter_never_raises_on_hostile_entries_and_requests() -> None:
         assert len(out) <= len(template) + sum(len(r) for r in requests) * len(deps) + 8
 
     check()
+
+
+def test_inference_never_raises_on_odd_dialogs() -> None:
+    """Random answers and region values (empty, long, repeated) through a 3-step machine."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    pats = [
+        Pattern((fx(b"A"), mu(0, 6), fx(b"|"), mu(2))),
+        Pattern((mu(1, 3), fx(b"B"))),
+        Pattern((fx(b"C"), mu(0, 4))),
+    ]
+    turn = st.tuples(
+        st.binary(min_size=0, max_size=6), st.binary(min_size=2, max_size=2), st.binary(max_size=24)
+    )
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.lists(st.lists(turn, min_size=1, max_size=3), min_size=1, max_size=8))
+    def check(raw: list) -> None:
+        m = chain(*pats)
+        ds = []
+        for conv in raw:
+            turns = []
+            for k, (v, w, answer) in enumerate(conv):
+                req = [b"A" + v + b"|" + w, (v or b"x")[:3] + b"B", b"C" + v[:4]][k]
+                turns.append((req, answer + v + w))
+            ds += dialogs([turns])
+        learn(m, ds)
+        for state in m.states.values():
+            for dep in state.dependencies:
+                assert 0 <= dep["at"] <= len(state.answer)
+
+    check()
