@@ -36,19 +36,35 @@ from typing import BinaryIO
 
 LINKTYPE_RAW = 101  # raw IPv4/IPv6 packets, no link header
 _SNAPLEN = 262144
-_CHUNK = 32768  # payload bytes per synthesized segment (IP total length stays < 65535)
+_CHUNK = 65000  # payload bytes per synthesized segment (IP total length stays < 65535)
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 PART, DONE = ".pcap.part", ".pcap"
 
 
+def _sum16(data: bytes) -> int:
+    """Ones'-complement sum of the 16-bit words of ``data`` (even length), mod 0xFFFF.
+
+    2**16 = 1 (mod 0xFFFF), so the sum is the number itself modulo 0xFFFF:
+    one C-level big-int operation instead of a Python loop. Sums of
+    even-length parts add up, so headers and payload are summed apart
+    (no copy of the payload)."""
+    return int.from_bytes(data, "big") % 0xFFFF
+
+
+def _fold(total: int) -> int:
+    total %= 0xFFFF
+    return ~total & 0xFFFF
+
+
 def _checksum(data: bytes) -> int:
+    """Internet checksum of ``data``."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    n = int.from_bytes(data, "big")
+    if n and n % 0xFFFF == 0:
+        return 0  # the sum is 0xFFFF (ones' complement "negative zero")
+    return _fold(n)
 
 
 def _addr(ip: str) -> tuple[int, bytes]:
@@ -56,27 +72,42 @@ def _addr(ip: str) -> tuple[int, bytes]:
     return family, socket.inet_pton(family, ip)
 
 
+class _Side:
+    """Precomputed addresses of one direction of a flow (packets are built often)."""
+
+    def __init__(self, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        self.family, self.s = _addr(src[0])
+        _, self.d = _addr(dst[0])
+        self.sport, self.dport = src[1], dst[1]
+        self.v4 = self.family == socket.AF_INET
+
+    def headers(self, seq: int, ack: int, flags: int, payload: bytes) -> bytes:
+        """IP and TCP headers for ``payload``, checksums filled in."""
+        length = 20 + len(payload)
+        if self.v4:
+            pseudo = self.s + self.d + struct.pack("!BBH", 0, 6, length)
+        else:
+            pseudo = self.s + self.d + struct.pack("!I3xB", length, 6)
+        tcp = struct.pack(
+            "!HHIIBBHHH", self.sport, self.dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+            5 << 4, flags, 65535, 0, 0,
+        )  # fmt: skip
+        odd = payload + b"\0" if len(payload) % 2 else payload
+        csum = _fold(_sum16(pseudo) + _sum16(tcp) + _sum16(odd))
+        tcp = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
+        if self.v4:
+            ip = struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, 64, 6, 0, self.s, self.d
+            )
+            return ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:] + tcp
+        return struct.pack("!IHBB16s16s", 6 << 28, length, 6, 64, self.s, self.d) + tcp
+
+
 def tcp_packet(
     src: tuple[str, int], dst: tuple[str, int], seq: int, ack: int, flags: int, payload: bytes
 ) -> bytes:
     """One IPv4 or IPv6 packet carrying one TCP segment, checksums filled in."""
-    family, s = _addr(src[0])
-    _, d = _addr(dst[0])
-    header = struct.pack(
-        "!HHIIBBHHH", src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0
-    )
-    length = len(header) + len(payload)
-    if family == socket.AF_INET:
-        pseudo = s + d + struct.pack("!BBH", 0, 6, length)
-    else:
-        pseudo = s + d + struct.pack("!I3xB", length, 6)
-    csum = _checksum(pseudo + header + payload)
-    segment = header[:16] + struct.pack("!H", csum) + header[18:] + payload
-    if family == socket.AF_INET:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, 64, 6, 0, s, d)
-        ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
-        return ip + segment
-    return struct.pack("!IHBB16s16s", 6 << 28, length, 6, 64, s, d) + segment
+    return _Side(src, dst).headers(seq, ack, flags, payload) + payload
 
 
 class PcapWriter:
@@ -88,14 +119,17 @@ class PcapWriter:
         f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, _SNAPLEN, LINKTYPE_RAW))
         f.flush()
 
-    def write(self, ts: float, packet: bytes) -> None:
+    def write(self, ts: float, headers: bytes, payload: bytes = b"") -> None:
         if self.f.closed:
             return  # the recording was finished (source released) before this flow ended
         sec = int(ts)
         usec = min(int((ts - sec) * 1_000_000), 999_999)
-        self.f.write(struct.pack("<IIII", sec, usec, len(packet), len(packet)) + packet)
+        n = len(headers) + len(payload)
+        self.f.write(struct.pack("<IIII", sec, usec, n, n) + headers)
+        if payload:
+            self.f.write(payload)
         self.f.flush()  # on the OS's side at once: kill -9 loses nothing written so far
-        self.bytes += 16 + len(packet)
+        self.bytes += 16 + n
 
 
 class Flow:
@@ -105,7 +139,7 @@ class Flow:
         self, writer: PcapWriter, client: tuple[str, int], server: tuple[str, int], ts: float
     ) -> None:
         self.w = writer
-        self.client, self.server = client, server
+        self.sides = (_Side(client, server), _Side(server, client))
         self.seq = [secrets.randbits(32), secrets.randbits(32)]  # next seq: client, server
         self.closed = False
         self._packet(0, ts, SYN, b"", ack=False)
@@ -115,17 +149,18 @@ class Flow:
         self._packet(0, ts, ACK, b"")
 
     def _packet(self, side: int, ts: float, flags: int, payload: bytes, ack: bool = True) -> None:
-        src, dst = (self.client, self.server) if side == 0 else (self.server, self.client)
         acknum = self.seq[1 - side] if ack else 0
-        self.w.write(ts, tcp_packet(src, dst, self.seq[side], acknum, flags, payload))
+        headers = self.sides[side].headers(self.seq[side], acknum, flags, payload)
+        self.w.write(ts, headers, payload)
 
     def data(self, from_server: bool, payload: bytes, ts: float) -> None:
         """Bytes one side sent (0 = client, 1 = server), cut into segments."""
         if self.closed or not payload:
             return
         side = int(from_server)
+        view = memoryview(payload)
         for i in range(0, len(payload), _CHUNK):
-            chunk = payload[i : i + _CHUNK]
+            chunk = bytes(view[i : i + _CHUNK]) if len(payload) > _CHUNK else payload
             self._packet(side, ts, PSH | ACK, chunk)
             self.seq[side] += len(chunk)
 
