@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from scriptgen.model import End, Machine, Pattern, Region, Transition
 from tests.test_emulate_support import Harness, line_machine
 
@@ -351,3 +354,58 @@ def test_half_close_with_incomplete_request_logs_it() -> None:
     proto.readConnectionLost()
     assert h.events.of("scriptgen.request.unmatched")[0]["reason"] == "incomplete"
     assert t.disconnecting
+
+
+# --- fuzz: random machines, random byte streams, random timing ---
+
+_ALPHA = b"AB\r\n\x00"
+_bytes = st.binary(min_size=1, max_size=4).map(lambda b: bytes(_ALPHA[x % 5] for x in b))
+_region = st.one_of(
+    _bytes.map(Region),
+    st.tuples(st.integers(0, 3), st.integers(0, 6)).map(lambda t: Region.mutating(min(t), max(t))),
+)
+_pattern = st.lists(_region, min_size=1, max_size=3).map(lambda rs: Pattern(tuple(rs)))
+
+
+@st.composite
+def machines(draw: st.DrawFn) -> Machine:
+    m = Machine("tcp", 7000)
+    n = draw(st.integers(1, 4))
+    for _ in range(n):
+        m.new_state()
+    ids = sorted(m.states)
+    for sid in ids:
+        state = m.states[sid]
+        state.answer = draw(st.binary(max_size=8))
+        state.end = draw(st.sampled_from([End.OPEN, End.OPEN, End.OPEN, End.CLOSE, End.RESET]))
+        for p in draw(st.lists(_pattern, max_size=4)):
+            state.transitions.append(Transition(p, draw(st.sampled_from(ids))))
+    return m
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    machines(),
+    st.lists(st.tuples(st.binary(max_size=12), st.floats(0, 2)), max_size=12),
+    st.sampled_from(["silent", "close"]),
+)
+def test_fuzz_protocol_never_raises_and_cleans_up(
+    machine: Machine, chunks: list[tuple[bytes, float]], policy: str
+) -> None:
+    h = Harness(
+        machine, on_unmatched=policy, idle_timeout=3, request_timeout=1, max_buffer_bytes=20
+    )
+    proto, t = h.connect()
+    for data, pause in chunks:
+        if t.disconnecting:
+            break
+        proto.dataReceived(data.translate(bytes.maketrans(b"abcdefgh", b"AB\r\n\x00AB\r")))
+        h.clock.advance(pause)
+        assert len(proto.dialog.buffer) <= 20 + 12
+    h.clock.advance(10)  # idle timeout: every connection ends
+    assert t.disconnecting
+    h.disconnect(proto, t)
+    assert h.runtime.limiter.active == 0
+    assert not h.clock.getDelayedCalls()
+    ids = h.events.ids()
+    assert ids[0] == "scriptgen.session.connect" and ids[-1] == "scriptgen.session.closed"
