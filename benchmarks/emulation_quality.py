@@ -91,6 +91,12 @@ NOISE: list[tuple[str, str, str, str]] = [
     ("ftp", r"\(127,\d+,\d+,\d+,\d+,\d+\)", "(<pasv>)", "vsftpd picks a random passive port"),
     ("ftp", r"\|\|\|\d+\|", "|||<port>|", "EPSV port is random too"),
     (
+        "ftp",
+        r"/tmp/sglab-vsftpd-[A-Za-z0-9_]+",
+        "<labdir>",
+        "the lab server's home is a fresh temp dir per start (PWD, MKD answers)",
+    ),
+    (
         "smb",
         r"\d+ blocks of size \d+\. \d+ blocks available",
         "<blocks>",
@@ -104,9 +110,9 @@ NOISE: list[tuple[str, str, str, str]] = [
     ),
     (
         "smb",
-        r"getting file \\.* of size (\d+) as (.*) \(.*kb/s\).*",
-        r"getting file <f> of size \1 as \2 (<rate>)",
-        "transfer rate",
+        r"\([\d.]+ KiloBytes/sec\) \(average [\d.]+ KiloBytes/sec\)",
+        "(<rate>)",
+        "smbclient get prints the transfer rate",
     ),
     (
         "smb",
@@ -119,6 +125,12 @@ NOISE: list[tuple[str, str, str, str]] = [
         r"(?m)^(attributes|stream):.*$",
         r"\1: <x>",
         "allinfo stream and attribute lines carry sizes per start",
+    ),
+    (
+        "smb",
+        r"S-1-5-21-\d+-\d+-\d+",
+        "S-1-5-21-<domain>",
+        "Samba makes a random domain SID per fresh private dir (per server start)",
     ),
     ("*", r"\[killed after [\d.]+s\]", "[killed]", "our own client timeout differs per run"),
 ]
@@ -192,6 +204,7 @@ class ProtocolResult:
     train_statuses: dict[str, int] = field(default_factory=dict)
     real_statuses: dict[str, int] = field(default_factory=dict)
     real_again: int | None = None  # test runs whose repeat against a fresh real server matched
+    seen: int = 0  # test runs whose exact arguments were also among the training runs
     real_again_diffs: list[str] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
     variants: list[Variant] = field(default_factory=list)
@@ -216,10 +229,13 @@ def count_statuses(results: Sequence[ClientResult]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def train_model(pcap: Path, model_dir: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
+def train_model(
+    pcap: Path, model_dir: Path, extra: Sequence[str] = (), root: Path = REPO
+) -> dict[str, Any]:
     """``scriptgen train`` in a subprocess (as a user would run it); returns model counts."""
     cmd = [sys.executable, "-m", "scriptgen", "train", "-q", "--model-dir", str(model_dir)]
-    subprocess.run([*cmd, *extra, str(pcap)], check=True, capture_output=True, cwd=REPO)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([*cmd, *extra, str(pcap)], check=True, capture_output=True, cwd=root, env=env)
     counts: dict[str, Any] = {}
     for f in sorted(model_dir.glob("*.json")):
         data = json.loads(f.read_text())
@@ -273,7 +289,9 @@ def emulator_config(
 
 
 @contextlib.contextmanager
-def emulator(model_dir: Path, addr: str, work: Path, options: dict[str, str]) -> Iterator[Path]:
+def emulator(
+    model_dir: Path, addr: str, work: Path, options: dict[str, str], root: Path = REPO
+) -> Iterator[Path]:
     """``twistd -n scriptgen`` on ``addr``; yields the events file; stops it by its pid."""
     work.mkdir(parents=True, exist_ok=True)
     events = work / "events.json"
@@ -286,7 +304,7 @@ def emulator(model_dir: Path, addr: str, work: Path, options: dict[str, str]) ->
         [twistd, "-n", "--pidfile=", f"--logfile={work / 'twistd.log'}", "scriptgen"]
         + ["--config", str(config)],
         cwd=work,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(root)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -378,6 +396,43 @@ def describe_sessions(sessions: list[dict[str, Any]]) -> str:
 
 
 # -- one protocol ----------------------------------------------------------------
+def real_phase(
+    proto: LabProtocol,
+    addr: str,
+    train: Sequence[ClientRun],
+    test: Sequence[ClientRun],
+    work: Path,
+    repeat_real: bool,
+    client_timeout: float,
+    key: dict[str, Any],
+) -> None:
+    """Capture the training runs, play the test runs (twice with ``repeat_real``, the
+    second time on a fresh server that saw the training runs again); save to real.json."""
+    port = proto.port
+    pcap = work / f"{proto.name}.pcap"
+    with proto.make_server(addr, port):
+        trained = play_runs(
+            list(train), addr, port, pcap, list(proto.port_ranges), work / "train.jsonl"
+        )
+        real = timed_runs(test, addr, port, client_timeout)
+    again = None
+    if repeat_real:
+        with proto.make_server(addr, port):
+            play_runs(list(train), addr, port)
+            again = timed_runs(test, addr, port, client_timeout)
+
+    def rows(results: list[Any]) -> list[Any]:
+        return [[r.status, r.stdout, r.stderr, t0, t1] for r, t0, t1 in results]
+
+    data = {
+        "key": key,
+        "train_statuses": count_statuses(trained),
+        "test": rows(real),
+        "again": rows(again) if again is not None else None,
+    }
+    (work / "real.json").write_text(json.dumps(data))
+
+
 def measure(
     proto: LabProtocol,
     addr: str,
@@ -388,36 +443,41 @@ def measure(
     work: Path,
     repeat_real: bool,
     client_timeout: float,
+    train_args: Sequence[str] = (),
+    reuse: bool = False,
+    root: Path = REPO,
 ) -> ProtocolResult:
     name, port = proto.name, proto.port
     result = ProtocolResult(name, port, train_n, test_n)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     train = draw_runs(name, train_n, protocol_seed(seed, name))
     test = draw_runs(name, test_n, protocol_seed(seed + TEST_SEED_OFFSET, name))
+    trained_args = {run.describe() for run in train}
+    result.seen = sum(run.describe() in trained_args for run in test)
     pcap = work / f"{name}.pcap"
-    with proto.make_server(addr, port):
-        trained = play_runs(train, addr, port, pcap, list(proto.port_ranges), work / "train.jsonl")
-        real = timed_runs(test, addr, port, client_timeout)
-    result.train_statuses = count_statuses(trained)
-    result.real_statuses = count_statuses([r for r, _, _ in real])
-    real_out = [Outcome.of(name, r, t1 - t0) for r, t0, t1 in real]
-    if repeat_real:
-        with proto.make_server(addr, port):
-            play_runs(train, addr, port)
-            again = timed_runs(test, addr, port, client_timeout)
+    saved = work / "real.json"
+    key = {"addr": addr, "train": train_n, "test": test_n, "seed": seed, "again": repeat_real}
+    if not (reuse and saved.exists() and json.loads(saved.read_text())["key"] == key):
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        real_phase(proto, addr, train, test, work, repeat_real, client_timeout, key)
+    real = json.loads(saved.read_text())
+    result.train_statuses = real["train_statuses"]
+    real_res = [(ClientResult(*r[:3]), r[3], r[4]) for r in real["test"]]
+    result.real_statuses = count_statuses([r for r, _, _ in real_res])
+    real_out = [Outcome.of(name, r, t1 - t0) for r, t0, t1 in real_res]
+    if real["again"] is not None:
         same = 0
-        for run, a, (r, t0, t1) in zip(test, real_out, again, strict=True):
-            b = Outcome.of(name, r, t1 - t0)
+        for run, a, r in zip(test, real_out, real["again"], strict=True):
+            b = Outcome.of(name, ClientResult(*r[:3]), r[4] - r[3])
             if (a.status, a.out) == (b.status, b.out):
                 same += 1
             else:
-                result.real_again_diffs.append(
-                    f"{run.describe()[:80]}: {first_difference(a.out, b.out)}"
-                )
+                diff = first_difference(a.out, b.out)
+                result.real_again_diffs.append(f"{run.describe()[:80]}: {diff}")
         result.real_again = same
+    shutil.rmtree(work / "models", ignore_errors=True)
     model_dir = work / "models"
-    result.model = train_model(pcap, model_dir)
+    result.model = train_model(pcap, model_dir, train_args, root)
     for vname, options in variants:
         result.variants.append(
             play_emulator(
@@ -431,6 +491,7 @@ def measure(
                 options,
                 vname,
                 client_timeout,
+                root,
             )
         )
     (work / "result.json").write_text(json.dumps(asdict(result), indent=1))
@@ -448,10 +509,11 @@ def play_emulator(
     options: dict[str, str],
     vname: str,
     client_timeout: float,
+    root: Path = REPO,
 ) -> Variant:
     variant = Variant(vname, options, total=len(test))
     t_start = time.monotonic()
-    with emulator(model_dir, addr, work, options) as events_path:
+    with emulator(model_dir, addr, work, options, root) as events_path:
         played = timed_runs(test, addr, port, client_timeout)
         time.sleep(0.5)  # let the event writer catch up
     variant.seconds = round(time.monotonic() - t_start, 1)
@@ -475,7 +537,7 @@ def print_table(results: Sequence[ProtocolResult]) -> None:
     print()
     print(
         f"{'protocol':10s} {'variant':14s} {'matched':>9s} {'%':>6s}  {'real again':>10s}"
-        f"  {'req ok':>6s} {'unmatched':>9s}  model"
+        f"  {'seen':>5s}  {'req ok':>6s} {'unmatched':>9s}  model"
     )
     for r in results:
         if r.error:
@@ -487,7 +549,7 @@ def print_table(results: Sequence[ProtocolResult]) -> None:
             pct = 100.0 * v.matched / v.total if v.total else 0.0
             print(
                 f"{r.protocol:10s} {v.name:14s} {v.matched:4d}/{v.total:<4d} {pct:6.1f}  "
-                f"{again:>10s}  {v.requests_matched:6d} {v.unmatched:9d}  {model[:60]}"
+                f"{again:>10s}  {r.seen:5d}  {v.requests_matched:6d} {v.unmatched:9d}  {model[:60]}"
             )
     for r in results:
         for v in r.variants:
@@ -543,6 +605,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the real-vs-real ceiling (halves the real-server time)",
     )
+    ap.add_argument(
+        "--train-option",
+        action="append",
+        default=[],
+        metavar="FLAG=VALUE",
+        help="scriptgen train flag, e.g. min-cluster-size=2 (becomes --min-cluster-size 2)",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the capture and real-server outcomes in --work from an earlier run "
+        "with the same addr/runs/seed (to compare learner or emulator options quickly)",
+    )
+    ap.add_argument(
+        "--scriptgen-root",
+        type=Path,
+        help="import scriptgen (train, twistd) from this tree instead of this checkout",
+    )
     ap.add_argument("--client-timeout", type=float, default=10.0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/scriptgen-emulation-quality"))
     args = ap.parse_args(argv)
@@ -559,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown protocols {unknown}; known: {', '.join(PROTOCOLS)}")
     variants = variants_for(args.deps, options)
+    root = args.scriptgen_root.resolve() if args.scriptgen_root is not None else REPO
+    train_flags: list[str] = []
+    for item in args.train_option:
+        flag, _, value = item.partition("=")
+        train_flags += [f"--{flag.strip().lstrip('-')}", value.strip()]
     results = []
     for name in names:
         proto = PROTOCOLS[name]
@@ -578,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.work / name,
                 not args.no_repeat_real,
                 args.client_timeout,
+                train_flags,
+                args.reuse,
+                root,
             )
         except Exception as exc:  # one protocol's lab failure must not hide the others
             res = ProtocolResult(name, proto.port, 0, 0, error=f"{type(exc).__name__}: {exc}")
