@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -106,6 +107,16 @@ def test_same_input_gives_byte_identical_models_whatever_jobs(tmp_path, kind):
     a, b = files_bytes(tmp_path / "a"), files_bytes(tmp_path / "b")
     assert set(a) == {"tcp-6379.json", "tcp-53.json", "udp-53.json"}
     assert a == b
+    # with another thread alive, workers come from a forkserver: same bytes
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        train(pcaps, tmp_path / "fs", options, analyser=analyser, jobs=2)
+    finally:
+        stop.set()
+        other.join()
+    assert files_bytes(tmp_path / "fs") == a
     # and nothing depends on the clock or on where the captures are
     elsewhere = tmp_path / "copies"
     elsewhere.mkdir()
