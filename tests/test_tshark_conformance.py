@@ -226,3 +226,29 @@ def test_synthetic_edge_cases_and_encapsulations(
     with capsys.disabled():
         print("\n[tshark conformance] synthetic cases:\n" + "\n".join(lines))
     assert not failures, "\n".join(failures)
+
+
+def test_categories_need_evidence() -> None:
+    """An explained category only excuses what its evidence covers (no tshark needed)."""
+    from types import SimpleNamespace
+
+    from scriptgen.trace import Direction, Message, Outcome
+    from tests.lab.conformance import classify_direction
+    from tests.lab.tshark import TsharkStream
+
+    server = ("10.0.0.2", 80)
+    reset = SimpleNamespace(outcome=Outcome.RESET, midstream=False, messages=[])
+    st = TsharkStream(0, after_rst={server: 20})
+    theirs = b"A" * 100 + b"B" * 20
+    assert classify_direction(b"A" * 100, theirs, reset, st, server) == "data-after-rst"
+    assert classify_direction(b"A" * 50, theirs, reset, st, server) == "mismatch"
+    assert classify_direction(b"", theirs, reset, st, server) == "mismatch"
+    gap = b"[996 bytes missing in capture file]\x00"
+    assert classify_direction(b"xy", b"x" + gap + b"y", reset, st, server) == "=gap"
+    holes = SimpleNamespace(
+        outcome=Outcome.OPEN,
+        midstream=True,
+        messages=[Message(Direction.CLIENT, b"ab", 0.0, gaps=[(1, 9)])],
+    )
+    assert classify_direction(b"abcd", b"a" + gap + b"b", holes, st, server) == "unacked-after-hole"
+    assert classify_direction(b"abcd", b"zz", holes, st, server) == "mismatch"

@@ -27,7 +27,8 @@ CATEGORIES: dict[str, str] = {
     ),
     "data-after-rst": (
         "segments still in flight after a RST: tshark keeps them, the reader ends the "
-        "connection at the RST (the reader's bytes are a prefix of tshark's)"
+        "connection at the RST (the reader's bytes are a prefix of tshark's, and the extra "
+        "bytes are at most what that side sent after the RST)"
     ),
     "unacked-after-hole": (
         "data after a hole that the peer never acknowledged: tshark holds it back and never "
@@ -94,8 +95,14 @@ def _first_diff(a: bytes, b: bytes) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
-def classify_direction(ours: bytes, theirs: bytes, conv: object, st: TsharkStream) -> str | None:
-    """None when equal; else a category of :data:`CATEGORIES`, '=gap' or 'mismatch'."""
+def classify_direction(
+    ours: bytes, theirs: bytes, conv: object, st: TsharkStream, sender: tuple[str, int]
+) -> str | None:
+    """None when equal; else a category of :data:`CATEGORIES`, '=gap' or 'mismatch'.
+
+    Each category needs evidence: e.g. 'data-after-rst' only excuses as many bytes
+    as ``sender`` put in segments after the stream's first RST.
+    """
     if ours == theirs:
         return None
     stripped = GAP_MARKER.sub(b"", theirs)
@@ -108,7 +115,8 @@ def classify_direction(ours: bytes, theirs: bytes, conv: object, st: TsharkStrea
     if any(n > _max_window() for n in big):
         return "seq-jump-over-window"
     outcome = getattr(getattr(conv, "outcome", None), "value", "")
-    if outcome == "reset" and stripped.startswith(ours):
+    late = st.after_rst.get(sender, 0)
+    if outcome == "reset" and stripped.startswith(ours) and len(stripped) - len(ours) <= late:
         return "data-after-rst"
     if has_gaps and ours.startswith(stripped):
         return "unacked-after-hole"
@@ -162,7 +170,7 @@ def compare_pair(path: str, conv: object, st: TsharkStream, rep: FileReport) -> 
     }
     theirs = st.sent_by()
     verdicts = {
-        ep: classify_direction(data, theirs.get(ep, b""), conv, st) for ep, data in ours.items()
+        ep: classify_direction(data, theirs.get(ep, b""), conv, st, ep) for ep, data in ours.items()
     }
     bad = [ep for ep, v in verdicts.items() if v == "mismatch"]
     if bad:

@@ -33,6 +33,10 @@ FIELDS = (
     "frame.len",
     "frame.cap_len",
     "frame.time_epoch",
+    "ip.src",
+    "ipv6.src",
+    "tcp.srcport",
+    "tcp.len",
 )
 
 
@@ -51,6 +55,8 @@ class TsharkStream:
     first_flags: int = 0
     first_time: float = 0.0
     flags_seen: int = 0  # OR of the TCP flags of all its packets
+    # payload bytes each sender put in segments after the stream's first RST
+    after_rst: dict[tuple[str, int], int] = field(default_factory=dict)
     protocols: set[str] = field(default_factory=set)
     stacks: set[str] = field(default_factory=set)  # distinct frame.protocols values
     truncated: bool = False  # some frame shorter than on the wire (snaplen)
@@ -90,6 +96,13 @@ def _strip_ipv6_brackets(ip: str) -> str:
     return ip[1:-1] if ip.startswith("[") and ip.endswith("]") else ip
 
 
+def _int(text: str, base: int = 10) -> int:
+    try:
+        return int(text, base) if text else 0
+    except ValueError:
+        return 0
+
+
 def _parse_packet_line(line: str, streams: dict[int, TsharkStream]) -> None:
     parts = line.split("\t")
     if len(parts) < len(FIELDS) or not parts[0]:
@@ -98,26 +111,24 @@ def _parse_packet_line(line: str, streams: dict[int, TsharkStream]) -> None:
         idx = int(parts[0])
     except ValueError:
         return
+    stack, flags_hex, frame_len, cap_len, epoch, ip4, ip6, sport, seglen = parts[1:10]
+    flags = _int(flags_hex, 16)
     st = streams.get(idx)
     if st is None:
-        st = streams[idx] = TsharkStream(idx)
+        st = streams[idx] = TsharkStream(idx, first_flags=flags)
         try:
-            st.first_flags = int(parts[2], 16) if parts[2] else 0
-        except ValueError:
-            st.first_flags = 0
-        try:
-            st.first_time = float(parts[5])
+            st.first_time = float(epoch)
         except ValueError:
             st.first_time = 0.0
     st.packets += 1
-    try:
-        st.flags_seen |= int(parts[2], 16) if parts[2] else 0
-    except ValueError:
-        pass
+    if st.flags_seen & 0x04 and _int(seglen):
+        sender = (ip4 or ip6, _int(sport))
+        st.after_rst[sender] = st.after_rst.get(sender, 0) + _int(seglen)
+    st.flags_seen |= flags
     if len(st.stacks) < 16:
-        st.stacks.add(parts[1])
-    st.protocols.update(parts[1].split(":"))
-    if parts[3] and parts[4] and parts[3] != parts[4]:
+        st.stacks.add(stack)
+    st.protocols.update(stack.split(":"))
+    if frame_len and cap_len and frame_len != cap_len:
         st.truncated = True
 
 
