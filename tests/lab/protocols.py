@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,8 +23,6 @@ class LabProtocol:
     port_ranges: tuple[tuple[int, int], ...] = ()
 
     def missing_binaries(self) -> list[str]:
-        import shutil
-
         return [b for b in self.binaries if shutil.which(b) is None]
 
 
