@@ -19,8 +19,8 @@ from tests.conftest import require_binaries, require_root
 from tests.lab import clients
 from tests.lab.capture import Tcpdump, bpf_for
 from tests.lab.daemon import LabError, _pids_matching
+from tests.lab.hostsetup import FTP_PASSWORD, FTP_USER
 from tests.lab.servers import PUBLIC_FILES, DnsServer, FtpServer, RedisServer, SambaServer
-from tests.lab.setup import FTP_PASSWORD, FTP_USER
 from tests.lab.variety import DRAWERS, draw_runs
 
 SMOKE_ADDR = f"127.0.{secrets.randbelow(150) + 100}.{secrets.randbelow(250) + 2}"

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.lab import setup
+from tests.lab import hostsetup as setup
 from tests.lab.daemon import DEFAULT_ADDR, Daemon, LabError, render_template, wait_tcp
 
 # Files every server that serves files publishes; the variety generator draws

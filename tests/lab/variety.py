@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.lab import clients, setup
+from tests.lab import clients
+from tests.lab import hostsetup as setup
 from tests.lab.clients import ClientResult
 from tests.lab.servers import PUBLIC_DIRS, PUBLIC_FILES
 
