@@ -79,6 +79,17 @@ def render_text(machine: Machine, answer_limit: int = 40) -> str:
     caps = machine.provenance.get("captures", [])
     if caps:
         lines.append("  learned from: " + ", ".join(str(x.get("file", "?")) for x in caps))
+    counts = machine.provenance.get("counts", {})
+    if isinstance(counts, dict) and "conversations" in counts:
+        ignored = counts.get("ignored", {})
+        why = ", ".join(f"{k} {v}" for k, v in ignored.items()) if isinstance(ignored, dict) else ""
+        lines.append(
+            f"  conversations: {counts['conversations']} learned"
+            + (f", ignored: {why}" if why else "")
+        )
+    dropped = machine.provenance.get("bucket_dropped", {})
+    if isinstance(dropped, dict) and dropped:
+        lines.append(f"  dropped (full buckets): {sum(int(v) for v in dropped.values())} suffixes")
     for depth, state, label, again in _walk(machine):
         pad = "  " * (depth + 1)
         edge = f"-- {label} --> " if label is not None else ""
