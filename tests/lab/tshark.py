@@ -197,6 +197,9 @@ def read_streams(path: str | Path, expected: int, cache_dir: Path | None = None)
     if res.streams and max(res.streams) >= guess:
         res = tshark_streams(path, max(res.streams) + 1)
     if cached is not None:
+        for stale in cached.parent.glob(cached.name.split("-")[0] + "-*.pickle.z"):
+            if stale != cached:  # made by another tshark or parser version
+                stale.unlink(missing_ok=True)
         tmp = cached.with_suffix(".tmp")
         tmp.write_bytes(zlib.compress(pickle.dumps(res), 1))
         tmp.replace(cached)
