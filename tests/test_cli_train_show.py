@@ -167,7 +167,9 @@ def test_show_text_is_a_tree_with_patterns_and_answers(learned, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].startswith("tcp/21: ")
-    assert lines[2].strip().startswith('[0] samples=50 answer="220')
+    assert lines[1] == "  learned from: ftp.pcap"
+    assert lines[2] == "  conversations: 50 learned"
+    assert lines[3].strip().startswith('[0] samples=50 answer="220')
     edges = [ln for ln in lines if "-->" in ln]
     assert edges and all(ln.startswith("    ") for ln in edges)  # children are indented
     assert any('"USER ' in ln for ln in edges)
