@@ -105,7 +105,10 @@ def test_host_refuses(tmp_path: Path, free_port: int) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "reason", "extra"),
-    [("garbage", "answers_differ", {}), ("drip", "replay_timeout", {"replay_timeout": 1})],
+    [
+        ("garbage", "answers_differ", {"replay_mismatch": "close"}),
+        ("drip", "replay_timeout", {"replay_timeout": 1}),
+    ],
 )
 def test_replay_fails(tmp_path: Path, mode: str, reason: str, extra: dict) -> None:
     with FakeHost(mode) as host:
@@ -209,3 +212,17 @@ def test_kill_9_between_recording_and_learning_loses_nothing(tmp_path: Path) -> 
     finally:
         stop_emulator(emu)
     assert tracebacks(emu) == []
+
+
+def test_answers_differ_relay_anyway(tmp_path: Path) -> None:
+    """replay_mismatch = relay (the default): the relay goes on, the event says which turn."""
+    with FakeHost("garbage") as host:
+        emu = emulator(tmp_path, host.port)
+        try:
+            sock = connect(emu)
+            assert ask(sock, b"HELLO\r\n") == b"200 ok HELLO\r\n"
+            replayed = emu.wait_count("scriptgen.proxy.replayed", 1)[0]
+            assert replayed["differs"] == [0]  # the banner
+        finally:
+            stop_emulator(emu)
+        assert tracebacks(emu) == []

@@ -56,6 +56,7 @@ class ProxyConfig:
     replay_quiet: float = 0.5  # host quiet this long: its replayed answer is complete
     replay_timeout: float = 30.0  # connecting plus replaying one connection, at most
     replay_similarity: float = 0.3  # replayed answer vs emulated answer, at least
+    replay_mismatch: str = "relay"  # answers differ: relay anyway (noted) or close
     max_relayed: int = 200  # connections handed to pool hosts at once (all sources)
     max_relayed_per_source: int = 20
     source_buffer_bytes: int = 1024 * 1024  # transcript bytes kept per source for a replay
@@ -132,6 +133,13 @@ def _bool(text: str) -> bool:
     if lowered in ("0", "no", "false", "off"):
         return False
     raise ValueError(f"not a boolean (true/false): {text!r}")
+
+
+def _mismatch(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("relay", "close"):
+        raise ValueError(f"must be relay or close: {text!r}")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -243,6 +251,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "replay_quiet": _float(0.01),
         "replay_timeout": _float(0.01),
         "replay_similarity": _fraction,
+        "replay_mismatch": _mismatch,
         "max_relayed": _int(1),
         "max_relayed_per_source": _int(1),
         "source_buffer_bytes": _int(0),

@@ -143,6 +143,7 @@ class Tap:
         self.step = 0
         self.got = b""
         self.scores: list[float] = []
+        self.differs: list[int] = []  # replayed turns whose answers differed (relayed anyway)
         self._quiet: Any = None
         self._deadline: Any = None
 
@@ -262,6 +263,9 @@ class Tap:
             return
         expected = self.turns[self.step][1]
         score = similar(expected, self.got, self.proxy.config.replay_similarity)
+        if score is None and self.proxy.config.replay_mismatch == "relay":
+            self.differs.append(self.step)  # noted in the replayed event; the relay goes on
+            score = 0.0
         if score is None:
             self._fail(
                 "answers_differ",
@@ -472,6 +476,7 @@ class Proxy:
                 host=tap.source.host,
                 turns=len(tap.turns),
                 similarity=tap.scores,
+                differs=tap.differs,
             )
         self.emit("scriptgen.proxy.relaying", tap.proto.where, host=tap.source.host)
 

@@ -1,0 +1,145 @@
+"""Proxied fraction against the number of runs: how fast online learning takes over.
+
+    python benchmarks/proxy_learning.py [--runs 60] [--seed 1] [--expiry 0.5]
+                                        [--png docs/proxy_learning.png]
+
+From an *empty* model, the real client runs of the lab (``tests.lab.variety``,
+redis-cli with one of ~30 command kinds and random values) are played one
+after another against the emulator (twistd, 127.0.0.1) whose proxy pool is a
+real redis-server on 127.0.0.2. A run is *proxied* when the emulator handed
+it to the pool host (a ``scriptgen.proxy.relaying`` event for it), otherwise
+*emulated*. After a proxied run the benchmark waits until the source expired
+and its recording was learned, as if the next run came later (one source;
+while a source is allocated all its connections go to the host).
+
+Output: a table (proxied fraction per window of runs; per activity, the
+number of proxied runs before the first emulated one) and a PNG of the
+cumulative and windowed proxied fraction (matplotlib, if installed). An
+emulated run counts as a success when redis-cli exits 0 without "Error"; the
+benchmark cannot compare with the real answer of the same run (the server's
+state moved on) exactly; it runs the same client once more against the real
+server right after and reports whether redis-cli printed the same ("same as
+real": a strict check -- counters and stored values legitimately differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.lab.servers import RedisServer  # noqa: E402
+from tests.lab.variety import draw_runs  # noqa: E402
+from tests.proxy_support import POOL, start_emulator, stop_emulator, tracebacks  # noqa: E402
+
+
+def kind(run) -> str:  # type: ignore[no-untyped-def]
+    cmd = run.kwargs["commands"][0]
+    return cmd[0] + ("" if len(cmd) > 1 else "/0") + (" -r" if run.kwargs.get("repeat") else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--expiry", type=float, default=0.5)
+    ap.add_argument("--window", type=int, default=10)
+    ap.add_argument("--png", type=Path, default=None)
+    args = ap.parse_args(argv)
+    runs = draw_runs("redis", args.runs, seed=args.seed)
+    rows: list[tuple] = []  # index, kind, proxied, success, same output as the real server
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="proxy-learning-") as tmp, RedisServer(POOL):
+        emu = start_emulator(Path(tmp), "tcp/6379=0", expiry=args.expiry)
+        port = emu.ports["tcp/6379=0"]
+        try:
+            for i, run in enumerate(runs):
+                relaying = emu.count("scriptgen.proxy.relaying")
+                learned = emu.count("scriptgen.proxy.learned")
+                res = run.execute("127.0.0.1", port, timeout=15)
+                ok = res.status == 0 and "Error" not in res.stdout
+                time.sleep(0.3)  # events are written asynchronously
+                proxied = emu.count("scriptgen.proxy.relaying") > relaying
+                same = None
+                if not proxied:  # the same run against the real server, for comparison
+                    real = run.execute(POOL, 6379, timeout=15)
+                    same = real.status == res.status and real.stdout == res.stdout
+                rows.append((i, kind(run), proxied, ok, same))
+                if proxied:
+                    emu.wait_count("scriptgen.proxy.learned", learned + 1, timeout=300)
+                    time.sleep(0.3)  # the reload that follows runs in a thread
+                print(f"{i:>3} {kind(run):<12} {'proxied' if proxied else 'emulated':<9} "
+                      f"{'ok' if ok else 'FAIL':<5} {'' if same is None else 'same' if same else 'differs'}",
+                      flush=True)  # fmt: skip
+        finally:
+            stop_emulator(emu)
+        problems = tracebacks(emu)
+    report(rows, args.window, time.monotonic() - started, problems)
+    if args.png:
+        plot(rows, args.window, args.png)
+    return 0
+
+
+def report(rows: list[tuple], window: int, seconds: float, tb: list) -> None:
+    n = len(rows)
+    print(f"\n{n} redis-cli runs from an empty model, {seconds:.0f} s, tracebacks: {len(tb)}")
+    print(f"{'runs':<10} {'proxied':>8} {'emulated ok':>12} {'same as real':>13}")
+    for lo in range(0, n, window):
+        part = rows[lo : lo + window]
+        prox = sum(r[2] for r in part)
+        emu_ok = sum(1 for r in part if not r[2] and r[3])
+        emu_n = sum(1 for r in part if not r[2])
+        same = sum(1 for r in part if not r[2] and r[4])
+        print(
+            f"{lo + 1:>3}-{lo + len(part):<6} {prox / len(part):>8.0%} {emu_ok:>6}/{emu_n:<5}"
+            f" {same:>7}/{emu_n:<5}"
+        )
+    proxied_ok = sum(1 for r in rows if r[2] and r[3])
+    print(f"proxied runs that succeeded: {proxied_ok}/{sum(r[2] for r in rows)}")
+    per: dict[str, list[bool]] = defaultdict(list)
+    for _i, k, p, *_rest in rows:
+        per[k].append(p)
+    print(f"\n{'activity':<12} {'runs':>4} {'proxied':>7} {'proxied before 1st emulated':>28}")
+    for k, seq in sorted(per.items()):
+        first = seq.index(False) if False in seq else None
+        before = str(first) if first is not None else f"(never; {len(seq)} runs)"
+        print(f"{k:<12} {len(seq):>4} {sum(seq):>7} {before:>28}")
+
+
+def plot(rows: list[tuple], window: int, png: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG")
+        return
+    xs = [r[0] + 1 for r in rows]
+    cum, total = [], 0
+    for i, r in enumerate(rows, start=1):
+        total += r[2]
+        cum.append(total / i)
+    win = [sum(r[2] for r in rows[max(0, i - window) : i]) / min(i, window) for i in xs]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(xs, win, label=f"proxied fraction, last {window} runs")
+    ax.plot(xs, cum, label="proxied fraction, cumulative", linestyle="--")
+    ax.scatter(xs, [1.02 if r[2] else -0.02 for r in rows], s=6, c="grey", label="each run")
+    ax.set_xlabel("run (redis-cli, lab variety, from an empty model)")
+    ax.set_ylabel("proxied fraction")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
