@@ -87,9 +87,9 @@ def render_text(machine: Machine, answer_limit: int = 40) -> str:
             f"  conversations: {counts['conversations']} learned"
             + (f", ignored: {why}" if why else "")
         )
-    dropped = machine.provenance.get("bucket_dropped", {})
-    if isinstance(dropped, dict) and dropped:
-        lines.append(f"  dropped (full buckets): {sum(int(v) for v in dropped.values())} suffixes")
+    dropped = sum(s.dropped for s in machine.states.values())
+    if dropped:
+        lines.append(f"  dropped (full buckets): {dropped} suffixes")
     for depth, state, label, again in _walk(machine):
         pad = "  " * (depth + 1)
         edge = f"-- {label} --> " if label is not None else ""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from scriptgen.learn.consolidate import consolidate
 from scriptgen.learn.dialog import Dialog
 from scriptgen.learn.phases import Learner, LearnOptions, StepReport, replay
 from scriptgen.model import End, Machine, Pattern, Region, Suffix, Transition, Turn
+from scriptgen.model.store import machine_from_json, machine_to_json
 from tests.test_learn_standin import make_standin
 
 
@@ -124,7 +127,7 @@ def test_bucket_is_bounded_and_drops_are_counted():
     learner = Learner(machine, make_standin(), LearnOptions(max_bucket=5, max_answers=2))
     learner.add([dialog([(b"X%d" % i, b"")], banner=b"b%d" % i) for i in range(12)])
     assert len(machine.states[0].bucket) == 5
-    assert machine.provenance["bucket_dropped"] == {"0": 7}
+    assert machine.states[0].dropped == 7
     assert machine.states[0].answers == {b"b0": 1, b"b1": 1}
     assert machine.states[0].samples == 12
 
@@ -255,7 +258,7 @@ def test_regeneralise_joins_new_requests_to_the_state_of_their_kind():
     learner.add(figure6_flows(5))
     learner.refine()
     (user,) = machine.states[0].transitions
-    assert machine.provenance["examples"]["0:0"][0] == (b"USER user0\r\n").hex()
+    assert user.examples[0] == b"USER user0\r\n"
     # a new Learner (as in a second training run) reads the examples back from the machine
     learner = Learner(machine, make_standin())
     long_user = b"USER " + b"y" * 60 + b"\r\n"
@@ -305,12 +308,18 @@ def test_examples_are_bounded_and_ignored_when_stale():
     learner = Learner(machine, make_standin(), LearnOptions(max_examples=3, max_example_bytes=12))
     learner.add(figure6_flows(10))
     learner.refine()
-    table = machine.provenance["examples"]
-    assert all(len(v) <= 3 for v in table.values())
-    assert all(len(bytes.fromhex(h)) <= 12 for v in table.values() for h in v)
-    table["0:0"] = ["zz", (b"NOT A USER").hex(), (b"USER user7\r\n").hex()]
-    fresh = Learner(machine, make_standin())
-    (t,) = machine.states[0].transitions
+    kept = [t.examples for s in machine.states.values() for t in s.transitions]
+    assert any(kept) and all(len(v) <= 3 for v in kept)
+    assert all(len(e) <= 12 for v in kept for e in v)
+    # a stale or edited example in a model file is not trusted on load
+    obj = machine_to_json(machine)
+    obj["states"][0]["transitions"][0]["examples"] = [
+        (b"NOT A USER").hex(),
+        (b"USER user7\r\n").hex(),
+    ]
+    loaded = machine_from_json(json.loads(json.dumps(obj)))
+    fresh = Learner(loaded, make_standin())
+    (t,) = loaded.states[0].transitions
     assert fresh.examples_of(t) == [b"USER user7\r\n"]
 
 
@@ -334,7 +343,8 @@ def test_widening_never_takes_the_requests_of_a_less_specific_sibling():
     assert machine.states[0].best_transition(b"GET abcdZ")[0].target == broad.id
     # without that conflict the same near miss widens
     machine.states[0].transitions[1].pattern = Pattern((Region.mutating(1, 20), Region(b"Q")))
-    learner.examples.clear()
+    for t in root.transitions:
+        t.examples.clear()
     learner.add([dialog([(b"GET " + b"y" * 9, b"?")])])
     learner.refine()
     assert root.transitions[0].pattern.regions[1].max_len == 9

@@ -90,6 +90,7 @@ def test_json_round_trip_is_byte_identical(tmp_path):
     assert again.states[0].bucket[0].end is End.RESET
     assert again.states[2].end is End.CLOSE
     assert [p.name for p in tmp_path.iterdir()] == ["tcp-2121.json"]  # no temp files left
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_model_dir_loads_every_file(tmp_path):

@@ -88,9 +88,6 @@ class StepReport:
         return bool(self.new_transitions or self.widened)
 
 
-DROPPED_KEY = "bucket_dropped"  # provenance: suffixes dropped per state because its bucket was full
-
-
 class Learner:
     """Update and refinement of one machine; owns no global state."""
 
@@ -101,8 +98,6 @@ class Learner:
         # Every non-empty bucket is worth one look: the options or the new data may differ.
         self.dirty: set[int] = {s.id for s in machine.states.values() if s.bucket}
         self.iterations = 0
-        # id(transition) -> (transition, example requests); persisted by sync().
-        self.examples: dict[int, tuple[Transition, list[bytes]]] = load_examples(machine)
 
     # -- update phase -------------------------------------------------------
 
@@ -112,11 +107,6 @@ class Learner:
         for dialog in dialogs:
             self._arrive(root, dialog.banner)
             self._feed(root, dialog.suffix, refeed_of=None)
-        self.sync()
-
-    def sync(self) -> None:
-        """Write the remembered examples into the machine (deterministic order)."""
-        store_examples(self.machine, self.examples)
 
     def _arrive(self, state: State, answer: bytes) -> None:
         state.samples += 1
@@ -144,10 +134,7 @@ class Learner:
         state.ends[key] = state.ends.get(key, 0) + 1
 
     def _remember(self, transition: Transition, request: bytes) -> None:
-        entry = self.examples.get(id(transition))
-        if entry is None:
-            entry = self.examples[id(transition)] = (transition, [])
-        kept = entry[1]
+        kept = transition.examples
         if (
             len(kept) < self.options.max_examples
             and len(request) <= self.options.max_example_bytes
@@ -157,8 +144,7 @@ class Learner:
 
     def _bucket(self, state: State, suffix: Suffix, dirty: bool) -> None:
         if len(state.bucket) >= self.options.max_bucket:
-            dropped = self.machine.provenance.setdefault(DROPPED_KEY, {})
-            dropped[str(state.id)] = dropped.get(str(state.id), 0) + 1
+            state.dropped += 1
             return
         state.bucket.append(suffix)
         if dirty:
@@ -198,7 +184,6 @@ class Learner:
             reports.append(report)
             if on_step is not None:
                 on_step(report)
-        self.sync()
         return reports
 
     def _grow(self, state: State) -> list[tuple[Transition, bool]]:
@@ -274,9 +259,8 @@ class Learner:
 
     def examples_of(self, transition: Transition) -> list[bytes]:
         """Requests the transition took; stand-ins made from its pattern when none were kept."""
-        entry = self.examples.get(id(transition))
-        if entry is not None and entry[1]:
-            return entry[1]
+        if transition.examples:
+            return transition.examples
         return _exemplars(transition.pattern)
 
     @staticmethod
@@ -299,7 +283,6 @@ class Learner:
         unused = [(t, fresh) for t, fresh in created if t.samples == 0]
         for t, fresh in unused:
             state.transitions.remove(t)
-            self.examples.pop(id(t), None)
             if fresh:
                 del self.machine.states[t.target]
         return len(unused)
@@ -375,50 +358,6 @@ def _widened(pattern: Pattern, match: regex.Match) -> Pattern:
         n = match.end(i) - match.start(i)
         regions.append(Region.mutating(min(r.min_len, n), max(r.max_len, n)))
     return Pattern(tuple(regions))
-
-
-EXAMPLES_KEY = "examples"  # provenance: example requests per transition, "state:index" -> [hex]
-
-
-def load_examples(machine: Machine) -> dict[int, tuple[Transition, list[bytes]]]:
-    """The remembered example requests of each transition.
-
-    They live in the machine's provenance (the model has no per-transition
-    field for them yet), keyed by "state:transition index" and checked
-    against the pattern, so a stale or edited entry is ignored, not trusted.
-    """
-    table = machine.provenance.get(EXAMPLES_KEY)
-    out: dict[int, tuple[Transition, list[bytes]]] = {}
-    if not isinstance(table, dict):
-        return out
-    for state in machine.states.values():
-        for i, t in enumerate(state.transitions):
-            raw = table.get(f"{state.id}:{i}")
-            if not isinstance(raw, list):
-                continue
-            kept = []
-            for h in raw:
-                try:
-                    req = bytes.fromhex(h)
-                except (TypeError, ValueError):
-                    continue
-                if t.pattern.fullmatch(req) is not None:
-                    kept.append(req)
-            out[id(t)] = (t, kept)
-    return out
-
-
-def store_examples(machine: Machine, examples: dict[int, tuple[Transition, list[bytes]]]) -> None:
-    table: dict[str, list[str]] = {}
-    for sid in sorted(machine.states):
-        for i, t in enumerate(machine.states[sid].transitions):
-            entry = examples.get(id(t))
-            if entry is not None and entry[0] is t and entry[1]:
-                table[f"{sid}:{i}"] = [e.hex() for e in entry[1]]
-    if table:
-        machine.provenance[EXAMPLES_KEY] = table
-    else:
-        machine.provenance.pop(EXAMPLES_KEY, None)
 
 
 def _exemplars(pattern: Pattern) -> list[bytes]:

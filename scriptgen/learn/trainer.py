@@ -251,7 +251,7 @@ def train(
                 stats.used[key],
                 stats.ignored_total(key),
                 steps.get(key, 0),
-                sum(machine.provenance.get("bucket_dropped", {}).values()),
+                sum(s.dropped for s in machine.states.values()),
             )
         )
     report.ports.sort(key=lambda p: (p.protocol, p.port))

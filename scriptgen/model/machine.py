@@ -69,15 +69,28 @@ class Transition:
     pattern: Pattern
     target: int
     samples: int = 0  # training requests that created/matched it
+    # A few distinct requests it took (bounded by the learner): incremental
+    # training re-analyses them with new data instead of starting from the
+    # pattern alone.
+    examples: list[bytes] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"pattern": self.pattern.to_json(), "target": self.target, "samples": self.samples}
+        d: dict[str, Any] = {
+            "pattern": self.pattern.to_json(),
+            "target": self.target,
+            "samples": self.samples,
+        }
+        if self.examples:
+            d["examples"] = [e.hex() for e in self.examples]
+        return d
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Transition:
-        return cls(
-            Pattern.from_json(obj["pattern"]), int(obj["target"]), int(obj.get("samples", 0))
-        )
+        pattern = Pattern.from_json(obj["pattern"])
+        examples = [bytes.fromhex(e) for e in obj.get("examples", [])]
+        # an edited or stale example that the pattern refuses is not evidence
+        examples = [e for e in examples if pattern.fullmatch(e) is not None]
+        return cls(pattern, int(obj["target"]), int(obj.get("samples", 0)), examples)
 
 
 @dataclass(slots=True)
@@ -88,6 +101,7 @@ class State:
     transitions: list[Transition] = field(default_factory=list)
     bucket: list[Suffix] = field(default_factory=list)
     samples: int = 0  # training conversations that reached this state
+    dropped: int = 0  # suffixes not bucketed because the bucket was full
     # Evidence kept so consolidation can be redone incrementally: distinct
     # answers seen with counts (bounded by the learner), and how often the
     # server closed/reset here.
@@ -122,6 +136,8 @@ class State:
             "ends": dict(sorted(self.ends.items())),
             "bucket": [s.to_json() for s in self.bucket],
         }
+        if self.dropped:
+            d["dropped"] = self.dropped
         if self.dependencies:
             d["dependencies"] = self.dependencies
         if self.signals:
@@ -137,6 +153,7 @@ class State:
             transitions=[Transition.from_json(t) for t in obj.get("transitions", [])],
             bucket=[Suffix.from_json(s) for s in obj.get("bucket", [])],
             samples=int(obj.get("samples", 0)),
+            dropped=int(obj.get("dropped", 0)),
             answers={bytes.fromhex(a): int(n) for a, n in obj.get("answers", [])},
             ends={str(k): int(v) for k, v in obj.get("ends", {}).items()},
             dependencies=list(obj.get("dependencies", [])),
