@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from scriptgen.learn.consolidate import consolidated_answer
-from scriptgen.model import State
-
 pytestmark = pytest.mark.integration
 
 # 127.0.50-99.x: away from the lab's default and from tests/test_lab.py's range.
@@ -78,12 +75,3 @@ def test_normalise_removes_only_run_to_run_noise() -> None:
     assert normalise("dns", a) == normalise("dns", b)
     assert normalise("dns", "status: NOERROR") != normalise("dns", "status: NXDOMAIN")
     assert normalise("redis", "(integer) 1") != normalise("redis", "(integer) 2")
-
-
-def test_consolidation_picks_the_heaviest_family_of_answers() -> None:
-    """Ten successes that differ by an id outvote one error seen twice."""
-    ok = [b"OK session=%02d granted\r\n" % i for i in range(10)]
-    state = State(0, answers={**dict.fromkeys(ok, 1), b"ERR denied\r\n": 2})
-    assert consolidated_answer(state) == ok[0]
-    state = State(0, answers={b"+PONG\r\n": 2, b":10\r\n": 1})
-    assert consolidated_answer(state) == b"+PONG\r\n"  # plain majority when unlike
