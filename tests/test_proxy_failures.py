@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from scriptgen.model import save_machine
-from scriptgen.trace import read_conversations
+from scriptgen.trace import Direction, read_conversations
 from tests.proxy_support import Emulator, FakeHost, start_emulator, stop_emulator, tracebacks
 from tests.test_emulate_integration import TWISTD
 from tests.test_emulate_support import line_machine
@@ -83,6 +83,11 @@ def test_relay_after_replay(tmp_path: Path) -> None:
             replayed = emu.wait_count("scriptgen.proxy.replayed", 1)[0]
             assert replayed["turns"] == 2 and replayed["similarity"] == [1.0, 1.0]
             assert host.accepted == 1
+            emu.wait_count("scriptgen.proxy.learned", 1, timeout=120)
+            [rec] = (emu.spool / "learned").glob("*.pcap")
+            [conv] = read_conversations(rec)  # what the client saw; the client closed first
+            assert conv.closed_by is Direction.CLIENT
+            assert conv.requests == [b"PING\r\n", b"HELLO there\r\n", b"USER x\r\n"]
         finally:
             stop_emulator(emu)
         assert tracebacks(emu) == []

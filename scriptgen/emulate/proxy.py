@@ -176,10 +176,10 @@ class Tap:
                 self._fail("buffer_overflow")
 
     def client_eof(self) -> None:
+        """The client half-closed: pass it on (the host then closes in turn)."""
+        self.eof = True
         if self.mode == RELAYING and self.upstream is not None:
             self.upstream.transport.loseWriteConnection()
-        else:
-            self.eof = True
 
     def lost(self) -> None:
         """The client connection is gone (any mode)."""
@@ -319,10 +319,11 @@ class Tap:
         if self.mode == REPLAYING:
             self._fail("host_closed", turn=self.step)
         elif self.mode == RELAYING:
-            if self.flow is not None:
-                self.flow.close(self.proxy.now(), by_server=True)
-            self.proxy.emit("scriptgen.proxy.host_closed", self.proto.where)
-            self.proto._close("host_closed")
+            if self.flow is not None:  # who closed first matters to the learner (End.CLOSE)
+                self.flow.close(self.proxy.now(), by_server=not self.eof)
+            if not self.eof:
+                self.proxy.emit("scriptgen.proxy.host_closed", self.proto.where)
+            self.proto._close("host_closed" if not self.eof else "client_closed")
 
     def _fail(self, reason: str, **details: Any) -> None:
         """A defined failure: report it, drop the host connection, close the client."""
