@@ -138,6 +138,7 @@ class FakeHost:
 
         self.mode = mode
         self.sock = socket.create_server((addr, port))
+        self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
         self.stopped = threading.Event()
@@ -147,7 +148,6 @@ class FakeHost:
     def _serve(self) -> None:
         import threading
 
-        self.sock.settimeout(0.2)
         while not self.stopped.is_set():
             try:
                 conn, _ = self.sock.accept()
