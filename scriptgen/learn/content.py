@@ -19,8 +19,9 @@ Method, per state (nothing here knows a protocol):
    from the region start, and from its end when its length varies), by
    hashing whole columns. A link grows into a run while the neighbouring
    columns also agree and stay inside the source region; a reversed run of
-   2, 4 or 8 bytes is a byte-swapped copy. Then the same with the earlier
-   answers (a server-chosen value repeated later in the connection).
+   2, 4 or 8 bytes is a byte-swapped copy. Requests first; after the clocks
+   (4.), the same with the earlier answers (a server-chosen value repeated
+   later in the connection).
 3. *Length fields* (only where a variable-length copy changes the answer's
    length): 1/2/4-byte big/little-endian integers whose value equals the
    answer length minus a constant in every sample of the shape.
@@ -30,25 +31,34 @@ Method, per state (nothing here knows a protocol):
    set to the current time; a run whose value differed in every sample is
    filled with random bytes per answer -- unless the client sent the value
    back inside a *fixed* region of a later request (the matching function
-   would then refuse the echo).
-5. *Borrowed links*: a copy link found with full evidence at ≥ 2 states
-   (same answer offset, same absolute request offset) is also applied at
-   states with too few samples to prove it alone, when it holds in all of
+   would then refuse the echo), or every sample's value is in its own
+   requests (an echo not pinned to one region).
+5. *Borrowed links*: a copy, whole-region copy or length field found with
+   full evidence at ≥ 2 states (same answer offset, same absolute request
+   offset) is also applied at states that could not prove it alone (too few
+   samples, or values that never varied there), when it holds in all of
    their samples.
+
+States reached by several paths (merged states): only requests whose
+pattern every sample shares are searched, and request links carry
+``groups``, the number of regions of that pattern, so the emulator skips
+them for a request that came by another path.
 
 Rule against coincidences: a link needs ≥ ``min_samples`` aligned samples
 (default 3), ≥ ``min_distinct`` distinct values (2) and ≥ ``min_width`` bytes
-(2); a 1-byte equality proves nothing. Random filling needs
+(2); a 1-byte equality proves nothing unless it copies a whole fixed-width
+region and the answer repeats the pattern's fixed bytes on both sides
+(``min_width`` + 1 bytes of context). Random filling needs
 ``min_samples`` samples with pairwise different values.
 
 Dependency entries (``State.dependencies``; JSON dicts, offsets in template
 coordinates, ``request`` 0 = the current request, -1 the previous one…):
 
 - ``{"kind": "copy", "at", "len", "request", "region", "anchor": "start"|"end",
-  "offset", "order": "same"|"swap"}`` -- answer[at:at+len] ← the request's
+  "offset", "order": "same"|"swap", "groups"}`` -- answer[at:at+len] ← the request's
   region bytes from ``offset`` (from the region end when anchor is "end",
   offset then negative); "swap" reverses the bytes.
-- ``{"kind": "copy-region", "at", "len", "request", "region"}`` -- the
+- ``{"kind": "copy-region", "at", "len", "request", "region", "groups"}`` -- the
   template's ``len`` bytes at ``at`` are replaced by the whole live region
   (the answer may change length).
 - ``{"kind": "answer", "at", "len", "answer", "offset"}`` -- copy of bytes
@@ -522,7 +532,10 @@ def _clock_field(answers: np.ndarray, lo: int, hi: int) -> dict[str, Any] | None
 
     A clock read seconds apart changes in its least significant byte and
     differs in every sample; a date-like reading of a field that changes
-    elsewhere (a type code next to zeros) is chance.
+    elsewhere (a type code next to zeros) is chance. The samples come in
+    capture order, so a clock never goes back from one to the next: without
+    that test an address (192.0.2.10, .25, .79 read as seconds fall in 2072)
+    was rewritten with the current time.
     """
     n_len = answers.shape[1]
     if _distinct(answers, lo, hi) < answers.shape[0]:
@@ -535,8 +548,10 @@ def _clock_field(answers: np.ndarray, lo: int, hi: int) -> dict[str, Any] | None
             values = [int.from_bytes(row[at : at + width].tobytes(), endian) for row in answers]
             for unit in ("nt", "ms", "s") if width == 8 else ("s",):
                 times = [_as_unix(v, unit) for v in values]
-                if all(_YEAR_2000 <= t <= _YEAR_2100 for t in times) and (
-                    max(times) - min(times) <= _YEAR
+                if (
+                    all(_YEAR_2000 <= t <= _YEAR_2100 for t in times)
+                    and max(times) - min(times) <= _YEAR
+                    and all(a <= b for a, b in zip(times, times[1:], strict=False))
                 ):
                     return {
                         "kind": "clock",
