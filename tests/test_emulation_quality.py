@@ -75,3 +75,23 @@ def test_normalise_removes_only_run_to_run_noise() -> None:
     assert normalise("dns", a) == normalise("dns", b)
     assert normalise("dns", "status: NOERROR") != normalise("dns", "status: NXDOMAIN")
     assert normalise("redis", "(integer) 1") != normalise("redis", "(integer) 2")
+
+
+def test_clock_inference_needs_time_to_go_forward() -> None:
+    """dnsmasq's A records 192.0.2.10/.79/.25 read as seconds fall in 2072: without the
+    capture-order test the emulator answered with the current time as the address."""
+    import numpy as np
+
+    from scriptgen.learn.content import _clock_field
+
+    addresses = np.array([[192, 0, 2, 10], [192, 0, 2, 79], [192, 0, 2, 25]], dtype=np.uint8)
+    assert _clock_field(addresses, 3, 4) is None
+    now = 1_795_837_420
+    clocks = np.array([list((now + d).to_bytes(4, "big")) for d in (0, 3, 9)], dtype=np.uint8)
+    assert _clock_field(clocks, 3, 4) == {
+        "kind": "clock",
+        "at": 0,
+        "width": 4,
+        "endian": "big",
+        "unit": "s",
+    }
