@@ -135,3 +135,23 @@ def test_pool_exhausted_then_released_after_expiry(tmp_path: Path) -> None:
     assert released and released[0]["reason"] == "expired"
     assert learned == []  # nothing was relayed (no host connection in this fake): nothing to learn
     assert proxy.take_over(b, b"HELLO\r\n")  # the host is free again
+
+
+def test_host_timeout_releases_the_source(tmp_path: Path) -> None:
+    """connectTCP's own timeout reports a TimeoutError; the replay deadline covers the rest."""
+    from twisted.internet import error
+    from twisted.python.failure import Failure
+
+    proxy, _connects, events, _, clock = make(tmp_path, replay_timeout=5)
+    proto = FakeProto(machine(), "127.0.0.5", 4000)
+    tap = proxy.attach(proto)
+    assert proxy.take_over(tap, b"HELLO\r\n")
+    tap.connect_failed(Failure(error.TimeoutError()))
+    assert proto.closed == "proxy_host_timeout"
+    assert [f["reason"] for e, f in events if e == "scriptgen.proxy.failed"] == ["host_timeout"]
+    assert proxy.pool.free == ["127.0.0.9"]  # released at once: the emulator serves it again
+    other = FakeProto(machine(), "127.0.0.6", 4000)
+    tap2 = proxy.attach(other)
+    assert proxy.take_over(tap2, b"HELLO\r\n")
+    clock.advance(5)  # never connected, never refused: the deadline
+    assert other.closed == "proxy_host_timeout"

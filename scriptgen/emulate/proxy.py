@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rapidfuzz.distance import Indel
+from twisted.internet import error
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
@@ -313,7 +314,8 @@ class Tap:
     def connect_failed(self, reason: Failure) -> None:
         if self.mode != CONNECTING:
             return
-        self._fail("host_refused", error=reason.getErrorMessage())
+        timed_out = reason.check(TimeoutError, error.TimeoutError) is not None
+        self._fail("host_timeout" if timed_out else "host_refused", error=reason.getErrorMessage())
 
     def host_lost(self, reason: Failure | None) -> None:
         if self.mode == REPLAYING:
