@@ -74,6 +74,7 @@ class Limits:
     max_buffer_bytes: int = 65536
     idle_timeout: float = 120.0
     request_timeout: float = 30.0
+    request_quiet: float = 2.0  # client silent on an incomplete request: judge it (0: off)
     session_timeout: float = 600.0
     max_sources: int = 10000
     unmatched_per_source: int = 8
@@ -265,6 +266,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "max_buffer_bytes": _int(1),
         "idle_timeout": _float(0.01),
         "request_timeout": _float(0.01),
+        "request_quiet": _float(0.0),
         "session_timeout": _float(0.01),
         "max_sources": _int(1),
         "unmatched_per_source": _int(0),

@@ -64,7 +64,8 @@ class Matched:
 class Unmatched:
     state: StateIndex
     request: bytes
-    # "no_match" | "request_timeout" | "incomplete" (client closed mid-request)
+    # "no_match" | "request_timeout" | "request_quiet" (client silent mid-request)
+    # | "incomplete" (client closed mid-request)
     # | "match_timeout" (the regex engine ran out of time on it)
     reason: str
 

@@ -278,6 +278,7 @@ class EmulatorProtocol(Protocol):
         """The proxy takes this connection: stop the request timers, give up the buffer."""
         self._cancel("settle")
         self._cancel("request")
+        self._cancel("quiet")
         left, self.dialog.buffer = self.dialog.buffer, b""
         self.lost = False
         return left
@@ -296,6 +297,7 @@ class EmulatorProtocol(Protocol):
             waiting is Waiting.NOTHING
             and "settle" not in self._timers
             and "request" not in self._timers
+            and "quiet" not in self._timers
         ):
             return  # the common case: a whole request was answered, nothing pending
         if waiting is Waiting.SETTLE:
@@ -303,6 +305,12 @@ class EmulatorProtocol(Protocol):
             self._start("settle", self.runtime.config.request_settle, self._settled)
         else:
             self._cancel("settle")
+        # Quiet: restarted by every byte while incomplete (a client still writing
+        # is waited for; one that stopped is waiting for us).
+        self._cancel("quiet")
+        quiet = self.runtime.config.limits.request_quiet
+        if waiting is Waiting.MORE and quiet > 0:
+            self._start("quiet", quiet, self._request_expired, "request_quiet")
         if waiting is Waiting.NOTHING:
             self._cancel("request")
         elif "request" not in self._timers:
@@ -314,10 +322,11 @@ class EmulatorProtocol(Protocol):
         if not self.closing:
             self._run(self.dialog.settle())
 
-    def _request_expired(self) -> None:
-        self._timers.pop("request", None)
+    def _request_expired(self, reason: str = "request_timeout") -> None:
+        self._cancel("request")
+        self._cancel("quiet")
         if not self.closing:
-            self._run(self.dialog.expire())
+            self._run(self.dialog.expire(reason))
 
     def _idle_check(self) -> None:
         self._timers.pop("idle", None)
