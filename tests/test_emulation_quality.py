@@ -95,3 +95,22 @@ def test_clock_inference_needs_time_to_go_forward() -> None:
         "endian": "big",
         "unit": "s",
     }
+
+
+def test_silent_client_on_an_incomplete_request_is_judged_after_request_quiet() -> None:
+    """smbclient on 445 sent a whole request that a longer learned pattern could still
+    extend, then waited for the answer while the emulator waited for more bytes (until
+    the client's own timeout). A client silent for request_quiet is answered or refused."""
+    from tests.test_emulate_support import Harness
+
+    h = Harness(idle_timeout=100, request_timeout=30, request_quiet=2, on_unmatched="close")
+    proto, t = h.connect()
+    proto.dataReceived(b"USER al")  # USER <1..20>\r\n could still take it
+    h.clock.advance(1.9)
+    proto.dataReceived(b"i")  # still writing: the quiet time starts again
+    h.clock.advance(1.9)
+    assert not t.disconnecting
+    h.clock.advance(0.2)
+    assert t.disconnecting  # 2 s of silence, long before request_timeout
+    (un,) = h.events.of("scriptgen.request.unmatched")
+    assert un["reason"] == "request_quiet" and un["request"] == b"USER ali"
