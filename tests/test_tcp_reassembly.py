@@ -318,6 +318,62 @@ def test_lost_segment_acked_by_peer_is_a_gap_in_place():
     assert c.messages[1].gaps == [] and c.messages[2].gaps == []
 
 
+def test_lost_last_segment_of_a_request_is_a_gap_before_the_answer():
+    """The answer acknowledges bytes the capture lacks at the end of the request:
+    the gap belongs to the request (it is incomplete), not after the answer."""
+    w = Wire()
+    w.handshake()
+    w.send(0, b"AAAA")
+    lost = w.send(0, b"BBBB")
+    w.segs.remove(lost)
+    w.send(1, b"reply")
+    w.send(0, b"next")
+    w.ack(1)
+    c = one(w.segs)
+    assert dialog(c) == [(CLIENT, b"AAAA"), (SERVER, b"reply"), (CLIENT, b"next")]
+    assert [m.gaps for m in c.messages] == [[(4, 4)], [], []]
+
+
+def test_lost_last_segment_before_the_answer_and_close():
+    w = Wire()
+    w.handshake()
+    w.send(0, b"AAAA")
+    lost = w.send(0, b"BBBB")
+    w.segs.remove(lost)
+    w.send(1, b"reply")
+    w.close(0)
+    c = one(w.segs)
+    assert dialog(c) == [(CLIENT, b"AAAA"), (SERVER, b"reply")]
+    assert [m.gaps for m in c.messages] == [[(4, 4)], []]
+    assert c.outcome is Outcome.CLOSED
+
+
+def test_acknowledging_the_fin_is_no_gap():
+    w = Wire()
+    w.handshake()
+    w.send(0, b"req")
+    w.fin(0)  # half-close, then the server still answers (acking the FIN)
+    w.send(1, b"answer")
+    w.fin(1)
+    w.ack(0)
+    c = one(w.segs)
+    assert dialog(c) == [(CLIENT, b"req"), (SERVER, b"answer")]
+    assert all(not m.gaps for m in c.messages)
+
+
+def test_a_wild_ack_on_data_does_not_eat_the_stream():
+    """An acknowledgement far beyond anything plausible is not taken as a lost hole."""
+    w = Wire()
+    w.handshake()
+    w.send(0, b"req")
+    s = w.send(1, b"answer")
+    w.segs[-1] = s._replace(ack=(s.ack + 50_000_000) & M32)
+    w.send(0, b"more")
+    c = one(w.segs)
+    assert dialog(c) == [(CLIENT, b"req"), (SERVER, b"answer"), (CLIENT, b"more")]
+    assert c.messages[0].gaps == [] and c.messages[1].gaps == []
+
+
 def test_hole_at_end_of_connection_keeps_data_after_it():
     w = Wire()
     w.handshake()

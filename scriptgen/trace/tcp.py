@@ -21,9 +21,12 @@ compares against):
   lowest offset first, ties in arrival order.
 - Holes: when the peer acknowledges past the start of buffered data, the
   hole was lost by the capture, not by the network: it is skipped at once and
-  recorded as a gap (tshark does the same). Holes are also skipped when the
-  out-of-order buffer is over its bound and when the connection ends; the
-  data after a hole is always kept.
+  recorded as a gap (tshark does the same). When the peer's acknowledgement
+  rides on data, a hole of up to ``max_ooo_bytes`` at the end of the stream
+  is recorded then too, so the gap sits in the message it belongs to, before
+  the peer's answer. Holes are also skipped when the out-of-order buffer is
+  over its bound and when the connection ends; the data after a hole is
+  always kept.
 - Keep-alives (0 or 1 byte at seq - 1) and pure retransmissions carry no new
   bytes and are ignored; a zero-window probe's byte is real stream data.
 
@@ -210,8 +213,13 @@ class TcpConnection:
         if flags & ACK:
             peer = self.halves[d ^ 1]
             peer.acked = ack
-            if peer.ooo or (peer.fin is not None and not peer.fin_acked):
-                self._acked(d ^ 1, peer, ack, ts)
+            if (
+                peer.ooo
+                or (peer.fin is not None and not peer.fin_acked)
+                # about to speak, acknowledging bytes of the peer's we lack
+                or (payload and peer.base is not None and ack != (peer.base + peer.off) & M32)
+            ):
+                self._acked(d ^ 1, peer, ack, ts, bool(payload))
         if payload or truncated:
             self._data(d, seq, payload, truncated, ts)
         elif self.halves[d].base is None:
@@ -306,8 +314,15 @@ class TcpConnection:
             h.off = first
         self._drain(d, h)
 
-    def _acked(self, x: int, h: _Half, ack: int, ts: float) -> None:
-        """The other side acknowledged up to ``ack`` of direction ``x``."""
+    def _acked(self, x: int, h: _Half, ack: int, ts: float, speaks: bool = False) -> None:
+        """The other side acknowledged up to ``ack`` of direction ``x``.
+
+        ``speaks``: the acknowledging segment carries data. Bytes of ``x`` it
+        acknowledges were received before that data was sent, so a hole in
+        them (lost by the capture) is recorded now, at the end of ``x``'s
+        message: left for later it would land after the answer and the
+        truncated request would look complete.
+        """
         if h.base is None:
             return
         ack_off = h.offset_of(ack)
@@ -316,6 +331,15 @@ class TcpConnection:
             self._skip_hole(x, h, ts)
         if h.fin is not None and ack_off > h.fin:
             h.fin_acked = True
+        if speaks:
+            end = ack_off if h.fin is None else min(ack_off, h.fin)
+            # Bounded like the out-of-order buffer: a wild ACK number must not
+            # make the real bytes that follow look like retransmissions.
+            if 0 < end - h.off <= self.limits.max_ooo_bytes:
+                self._gap(x, h, end - h.off, ts)
+                h.off = end
+                if h.ooo:
+                    self._drain(x, h)
 
     def _fin(self, d: int, seq: int) -> None:
         h = self.halves[d]
