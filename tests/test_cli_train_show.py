@@ -78,6 +78,19 @@ def test_missing_and_empty_captures(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "empty.pcap" in r.stderr
 
 
+def test_damaged_capture_is_a_warning_and_the_rest_is_learned(tmp_path):
+    whole = capture("redis.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])  # the last record is cut short
+    r = run_cli("train", "-q", "--model-dir", str(tmp_path / "m"), str(cut))
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("scriptgen: ") and "cut.pcap" in line and "truncated-record=1" in line
+    assert (tmp_path / "m" / "tcp-6379.json").is_file()
+    r = run_cli("train", "-q", "--model-dir", str(tmp_path / "m2"), str(capture("redis.pcap")))
+    assert r.returncode == 0 and r.stderr == ""
+
+
 def test_damaged_model_in_dir_is_named_and_kept(tmp_path):
     model_dir = tmp_path / "m"
     model_dir.mkdir()

@@ -241,11 +241,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"scriptgen: {e.filename or args.model_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     progress.close()
+    for path, stats in report.damaged:  # even with --quiet: the models are partial
+        print(f"scriptgen: {path}: warning: {_damage_line(stats)}", file=sys.stderr)
     if not args.quiet:
         print(summary_table(report))
         if not report.ports:
             print("no conversations learned (nothing on the selected ports?)")
     return 0
+
+
+def _damage_line(stats: Any) -> str:
+    """One line on a capture's damaged packets (``scriptgen conversations`` has details)."""
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(stats.warnings.items()))
+    return f"{stats.damaged} problem(s) in the capture ({kinds}); learned from the rest"
 
 
 def _one_line(e: Exception) -> str:

@@ -29,6 +29,7 @@ from scriptgen.learn.sessions import apply as apply_signals
 from scriptgen.learn.sessions import infer as infer_sessions
 from scriptgen.model import Machine, load_model_dir, save_machine
 from scriptgen.model.store import machine_from_json, machine_to_json
+from scriptgen.trace.errors import TraceStats
 from scriptgen.trace.types import Conversation
 
 Key = tuple[str, int]
@@ -85,6 +86,9 @@ class TrainReport:
     files: list[Path] = field(default_factory=list)
     captures: list[dict[str, str]] = field(default_factory=list)
     sessions: SessionReport = field(default_factory=SessionReport)
+    # (capture path, its damage reports) for each capture with damaged packets:
+    # what was learned from it is partial, and the user must be told.
+    damaged: list[tuple[str, TraceStats]] = field(default_factory=list)
 
 
 def sha256_file(path: Path) -> str:
@@ -141,8 +145,10 @@ def _read_sources(
     progress: Progress | None,
     captures: list[dict[str, str]],
     seen_by: dict[Key, set[int]],
+    damaged: list[tuple[str, TraceStats]],
 ) -> Iterable[Conversation]:
-    """Conversations of every source; capture files are hashed and remembered per port."""
+    """Conversations of every source; capture files are hashed and remembered per port,
+    and those with damaged packets are listed in ``damaged``."""
     items = list(sources)
     files = [s for s in items if not isinstance(s, Conversation)]
     done = 0
@@ -157,11 +163,14 @@ def _read_sources(
         index = len(captures) - 1
         if progress:
             progress("read", done, len(files), path.name)
-        for n, conv in enumerate(read_conversations(path), start=1):
+        stats = TraceStats()
+        for n, conv in enumerate(read_conversations(path, stats=stats), start=1):
             seen_by.setdefault((conv.protocol, conv.server.port), set()).add(index)
             if progress and n % 256 == 0:
                 progress("read", done, len(files), f"{path.name}: {n} conversations")
             yield conv
+        if stats.damaged:
+            damaged.append((os.fspath(item), stats))
         done += 1
         if progress:
             progress("read", done, len(files), path.name)
@@ -214,7 +223,7 @@ def train(
     # unanswered attempts included (the dialogs leave those out).
     recorder = SessionRecorder(options.sessions)
     groups = group_dialogs(
-        recorder.tee(_read_sources(sources, progress, report.captures, seen_by)),
+        recorder.tee(_read_sources(sources, progress, report.captures, seen_by, report.damaged)),
         ports=ports,
         protocol=protocol,
         include_midstream=options.include_midstream,
