@@ -210,6 +210,27 @@ def test_server_random_and_answer_echo_within_the_connection() -> None:
     assert second[1] == b"you are " + second[0][2:]
 
 
+def test_server_random_keeps_a_text_field_text() -> None:
+    """A server-chosen number printed in decimal (a passive port) is refilled with
+    digits: raw random bytes there made clients reject the reply line."""
+    m = chain(Pattern((fx(b"PASV"),)))
+    ds = dialogs([[(b"PASV", b"229 port (|||%d|)\r\n" % (40000 + 13 * i))] for i in range(6)])
+    learn(m, ds)
+    assert [d["kind"] for d in m.states[1].dependencies] == ["random"]
+    answers = {live(m, [b"PASV"], Rewriter(random.Random(seed)))[0] for seed in range(20)}
+    assert len(answers) > 1  # still fresh per answer
+    for answer in answers:
+        assert answer.startswith(b"229 port (|||") and answer.endswith(b"|)\r\n")
+        assert answer[13:-4].isdigit(), answer
+
+
+def test_random_like_keeps_binary_binary() -> None:
+    rw = Rewriter(random.Random(3))
+    values = [rw.random_like(b"\x00\xff\x10\x80") for _ in range(20)]
+    assert any(not all(0x21 <= b < 0x7F for b in v) for v in values)
+    assert all(len(v) == 4 for v in values)
+
+
 def test_random_value_echoed_in_a_fixed_request_region_stays() -> None:
     """If the client sent the value back where the matching function requires it exactly,
     randomising it would break the next match: keep the template's."""

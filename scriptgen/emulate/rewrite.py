@@ -24,6 +24,14 @@ from typing import Any, Literal
 WIDTHS = (1, 2, 4, 8)  # integer field sizes the learner writes
 MAX_HISTORY = 16  # requests/answers remembered per connection (the learner looks ≤ 8 back)
 _NT_EPOCH = 11644473600
+# Character classes a random field keeps, narrowest first (see Rewriter.random_like).
+_ALPHABETS = (
+    b"0123456789",
+    b"0123456789abcdef",
+    b"0123456789ABCDEF",
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    bytes(range(0x21, 0x7F)),  # printable ASCII without space
+)
 
 
 class History:
@@ -124,7 +132,7 @@ class Rewriter:
         if not (0 <= at and 0 < n <= len(buf) - at):
             return
         if kind == "random":
-            _put(buf, at, self.rng.randbytes(n))
+            _put(buf, at, self.random_like(bytes(buf[at : at + n])))
         elif kind == "copy":
             _put(buf, at, _copied(dep, history, n))
         elif kind == "answer":
@@ -134,6 +142,19 @@ class Rewriter:
                 off = int(dep["offset"])
                 if 0 <= off and off + n <= len(sent):
                     _put(buf, at, sent[off : off + n])
+
+    def random_like(self, learned: bytes) -> bytes:
+        """Fresh bytes of the learned value's character class.
+
+        A server-chosen value printed as text (a port number in a reply line,
+        a hex token) must stay text of the same kind: raw random bytes in a
+        decimal field make the client reject the whole answer. The class is
+        read from the learned bytes only; a binary value stays fully random.
+        """
+        for alphabet in _ALPHABETS:
+            if all(b in alphabet for b in learned):
+                return bytes(self.rng.choice(alphabet) for _ in learned)
+        return self.rng.randbytes(len(learned))
 
     def _length(
         self, out: bytearray, dep: dict[str, Any], varcopies: list[tuple[int, int, bytes]]
