@@ -86,11 +86,10 @@ CASES = {
 }
 
 
-def regions_or_skip():
-    try:
-        from scriptgen.learn.regions import RegionOptions
-    except ImportError:
-        pytest.skip("scriptgen.learn.regions not available yet")
+def region_options_class():
+    """The real analysis' options class; a broken regions module fails, never skips."""
+    from scriptgen.learn.regions import RegionOptions
+
     return RegionOptions
 
 
@@ -104,7 +103,7 @@ _learned: dict[tuple[str, str], tuple[Machine, list]] = {}
 
 def learned(case: str, setting: str = "defaults") -> tuple[Machine, list, object]:
     """Learn a capture once per test session (the machine is only read by the tests)."""
-    region_options = regions_or_skip()
+    region_options = region_options_class()
     name, key, labeller, _ = CASES[case]
     path = CAPTURES / name
     if not path.is_file():

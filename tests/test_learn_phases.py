@@ -44,10 +44,9 @@ def depth(machine: Machine) -> int:
 
 
 def real_analyser():
-    try:
-        from scriptgen.learn.regions import RegionOptions, analyse
-    except ImportError:
-        pytest.skip("scriptgen.learn.regions not available yet")
+    """The real region analysis; a broken regions module fails, never skips."""
+    from scriptgen.learn.regions import RegionOptions, analyse
+
     options = RegionOptions()
     return lambda samples: analyse(samples, options)
 

@@ -31,10 +31,9 @@ def standin_options(**learn) -> TrainOptions:
 
 
 def real_regions():
-    try:
-        from scriptgen.learn.regions import RegionOptions
-    except ImportError:
-        return None
+    """The real analysis' options class; a broken regions module fails, never skips."""
+    from scriptgen.learn.regions import RegionOptions
+
     return RegionOptions
 
 
@@ -42,13 +41,10 @@ ANALYSERS = ["standin", "real"]
 
 
 def analysis(kind: str, **region):
-    """(analyser, TrainOptions) for the stand-in or the real region analysis (skips if absent)."""
+    """(analyser, TrainOptions) for the stand-in or the real region analysis."""
     if kind == "standin":
         return make_standin(), standin_options()
-    ro = real_regions()
-    if ro is None:
-        pytest.skip("scriptgen.learn.regions not available yet")
-    return None, TrainOptions(region=ro(**region))
+    return None, TrainOptions(region=real_regions()(**region))
 
 
 def capture(name: str) -> Path:
