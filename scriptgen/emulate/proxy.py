@@ -37,7 +37,7 @@ from typing import Any
 
 from rapidfuzz.distance import Indel
 from twisted.internet import error
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
 from twisted.python.failure import Failure
 
 from scriptgen.emulate.config import ProxyConfig
@@ -139,6 +139,7 @@ class Tap:
         self.pending: list[bytes] = []  # client bytes for the host once replay is done
         self.eof = False  # the client half-closed before relaying began
         self.counted = False  # counts towards the relayed-connection bounds
+        self.gone = False  # lost() ran
         self.upstream: Upstream | None = None
         self.flow: Flow | None = None
         self.step = 0
@@ -183,7 +184,10 @@ class Tap:
             self.upstream.transport.loseWriteConnection()
 
     def lost(self) -> None:
-        """The client connection is gone (any mode)."""
+        """The client connection is gone (any mode); only the first call counts."""
+        if self.gone:
+            return
+        self.gone = True
         previous, self.mode = self.mode, CLOSED
         self._cancel_timers()
         self._forget()
@@ -370,6 +374,7 @@ class Proxy:
         spool: Spool,
         submit: Callable[[list[Any]], None],
         limit_hit: Callable[..., None] = lambda *a, **k: None,
+        listen_udp: Callable[[DatagramProtocol], Any] | None = None,
     ) -> None:
         self.config = config
         self.emit = emit
@@ -378,6 +383,8 @@ class Proxy:
         self.spool = spool
         self.submit = submit
         self.limit_hit = limit_hit
+        self.listen_udp = listen_udp  # an ephemeral UDP socket for a relayed flow
+        self.udp = UdpProxy(self)
         self.pool = Pool(config.pool)
         self.sources: dict[str, Source] = {}
         self.buffered = 0
@@ -408,6 +415,18 @@ class Proxy:
             tap.start(source.host)
         elif _never_trained(proto.machine):
             self.take_over(tap, None)
+        return tap
+
+    def attach_udp(self, client: Any) -> UdpTap:
+        """A UDP flow the emulator started answering (no direct path here: see UdpProxy)."""
+        ip = client.where.src_ip
+        source = self.sources.get(ip)
+        if source is None:
+            source = self.sources[ip] = Source(ip)
+        source.where = client.where
+        source.last = self.clock.seconds()
+        tap = UdpTap(self, source, client)
+        source.taps.add(tap)
         return tap
 
     def detach(self, tap: Tap, mode: str) -> None:
@@ -502,7 +521,8 @@ class Proxy:
         if rec is None:
             return None
         where = tap.proto.where
-        return rec.flow((where.src_ip, where.src_port), (where.dst_ip, tap.proto.machine.key[1]))
+        ends = (where.src_ip, where.src_port), (where.dst_ip, tap.proto.machine.key[1])
+        return rec.udp_flow(*ends) if isinstance(tap, UdpTap) else rec.flow(*ends)
 
     # --- bounds ---
 
@@ -584,3 +604,162 @@ def _never_trained(machine: Any) -> bool:
     """A machine that saw no conversation at all (served empty with the proxy on)."""
     root = machine.machine.states[machine.machine.root]
     return root.samples == 0 and not root.transitions and not root.answer
+
+
+# --- UDP: the same replay and relay, datagram by datagram ---
+
+
+class _UdpClientTransport:
+    """The client side of a relayed UDP flow, shaped like what Tap uses of TCP."""
+
+    def __init__(self, udp: Any, addr: tuple[str, int], side: _UdpClient) -> None:
+        self.udp, self.addr, self.side = udp, addr, side
+
+    def write(self, data: bytes) -> None:
+        if self.udp.transport is not None:
+            self.udp.transport.write(data, self.addr)
+
+    def pauseProducing(self) -> None: ...  # noqa: N802 -- datagrams: no flow control
+
+    def resumeProducing(self) -> None: ...  # noqa: N802
+
+    def loseConnection(self) -> None:  # noqa: N802
+        self.side._close("relay_ended")
+
+    abortConnection = loseConnection  # noqa: N815
+
+
+class _NoBuffer:
+    buffer = b""
+
+
+class _UdpClient:
+    """Stands in for the emulator protocol of one UDP source (address, port)."""
+
+    def __init__(self, udp: Any, addr: tuple[str, int], where: Any, machine: Any) -> None:
+        self.udp, self.addr, self.where, self.machine = udp, addr, where, machine
+        self.transport = _UdpClientTransport(udp, addr, self)
+        self.dialog = _NoBuffer()
+        self.last_data = 0.0
+        self.tap: UdpTap | None = None
+
+    def hand_over(self) -> bytes:
+        return b""
+
+    def _close(self, reason: str, abort: bool = False) -> None:
+        self.udp.relays.pop(self.addr, None)
+        if self.tap is not None:
+            self.tap.lost()
+
+
+class _UdpUpstreamTransport:
+    def __init__(self, port: Any, proto: UdpUpstream) -> None:
+        self.port, self.proto = port, proto
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.proto.transport.write(data)
+        except OSError:
+            pass  # ICMP refusals surface as errors on a connected socket; the replay times out
+
+    def loseConnection(self) -> None:  # noqa: N802
+        if self.port is not None:
+            port, self.port = self.port, None
+            port.stopListening()
+
+    abortConnection = loseConnection  # noqa: N815
+
+    def loseWriteConnection(self) -> None: ...  # noqa: N802
+
+    def registerProducer(self, *args: Any) -> None: ...  # noqa: N802
+
+    def pauseProducing(self) -> None: ...  # noqa: N802
+
+    def resumeProducing(self) -> None: ...  # noqa: N802
+
+
+class UdpUpstream(DatagramProtocol):
+    """A connected UDP socket to the pool host for one relayed flow."""
+
+    noisy = False
+
+    def __init__(self, tap: UdpTap) -> None:
+        self.tap = tap
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        self.tap.from_host(data)
+
+    def connectionRefused(self) -> None:  # noqa: N802
+        pass  # the host's port is closed: the replay's quiet timer decides
+
+
+class UdpTap(Tap):
+    """A UDP flow: connect = a connected socket to the host (no handshake)."""
+
+    def start(self, host: str) -> None:
+        self.mode = CONNECTING
+        cfg = self.proxy.config
+        self._deadline = self.proxy.clock.callLater(cfg.replay_timeout, self._timed_out)
+        upstream = UdpUpstream(self)
+        try:
+            port = self.proxy.listen_udp(upstream)
+            upstream.transport.connect(host, self.proto.machine.key[1])
+        except Exception as e:  # noqa: BLE001 -- a socket error is a refused host
+            self._fail("host_refused", error=str(e))
+            return
+        self.upstream = Upstream(self)  # the shape Tap drives
+        self.upstream.transport = _UdpUpstreamTransport(port, upstream)
+        self.mode = CONNECTING
+        self.connected(self.upstream)
+
+
+class UdpProxy:
+    """The UDP side of one served port: which client addresses are relayed."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    def emulated(self, udp: Any, addr: tuple[str, int], where: Any, machine: Any,
+                 request: bytes, answer: bytes) -> None:  # fmt: skip
+        self._client(udp, addr, where, machine).tap.emulated(request, answer)  # type: ignore[union-attr]
+
+    def _client(self, udp: Any, addr: tuple[str, int], where: Any, machine: Any) -> _UdpClient:
+        clients = udp.__dict__.setdefault("proxy_clients", {})
+        client = clients.get(addr)
+        if client is None or client.tap is None or client.tap.mode == CLOSED:
+            client = clients[addr] = _UdpClient(udp, addr, where, machine)
+            client.tap = self.proxy.attach_udp(client)
+        return client
+
+    def forget(self, udp: Any, addr: tuple[str, int]) -> None:
+        """The emulator ended this UDP session (idle, closed): drop its transcript."""
+        client = udp.__dict__.get("proxy_clients", {}).pop(addr, None)
+        if client is not None and client.tap is not None and client.tap.mode == EMULATING:
+            client.tap.lost()
+
+    def unmatched(self, udp: Any, addr: tuple[str, int], where: Any, machine: Any,
+                  request: bytes) -> bool:  # fmt: skip
+        client = self._client(udp, addr, where, machine)
+        assert client.tap is not None
+        if client.tap.proxied:
+            return True
+        if self.proxy.take_over(client.tap, request):
+            udp.relays[addr] = client.tap
+            return True
+        return False
+
+    def direct(self, udp: Any, addr: tuple[str, int], where: Any, machine: Any,
+               data: bytes) -> bool:  # fmt: skip
+        """A datagram of a source that has a host: straight to it."""
+        source = self.proxy.sources.get(addr[0])
+        if source is None or source.host is None:
+            return False
+        client = self._client(udp, addr, where, machine)
+        assert client.tap is not None
+        if not client.tap.proxied:
+            if not self.proxy.take_over(client.tap, data):
+                return False
+            udp.relays[addr] = client.tap
+            return True
+        client.tap.from_client(data)
+        return True

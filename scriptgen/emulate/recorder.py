@@ -179,6 +179,45 @@ class Flow:
         self._packet(first, ts, ACK, b"")
 
 
+class UdpFlow:
+    """One recorded UDP flow: one packet per datagram, as the client saw it."""
+
+    def __init__(
+        self, writer: PcapWriter, client: tuple[str, int], server: tuple[str, int]
+    ) -> None:
+        self.w = writer
+        self.ends = (client, server)
+        self.closed = False
+
+    def data(self, from_server: bool, payload: bytes, ts: float) -> None:
+        if self.closed or not payload:
+            return
+        src, dst = self.ends[::-1] if from_server else self.ends
+        self.w.write(ts, udp_headers(src, dst, payload), payload)
+
+    def close(self, ts: float, by_server: bool = False, reset: bool = False) -> None:
+        self.closed = True  # UDP has no end on the wire
+
+
+def udp_headers(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
+    """IP and UDP headers for one datagram (checksums filled in)."""
+    family, s = _addr(src[0])
+    _, d = _addr(dst[0])
+    length = 8 + len(payload)
+    if family == socket.AF_INET:
+        pseudo = s + d + struct.pack("!BBH", 0, 17, length)
+    else:
+        pseudo = s + d + struct.pack("!I3xB", length, 17)
+    udp = struct.pack("!HHHH", src[1], dst[1], length, 0)
+    odd = payload + b"\0" if len(payload) % 2 else payload
+    csum = _fold(_sum16(pseudo) + _sum16(udp) + _sum16(odd)) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum)
+    if family == socket.AF_INET:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, 64, 17, 0, s, d)
+        return ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:] + udp
+    return struct.pack("!IHBB16s16s", 6 << 28, length, 17, 64, s, d) + udp
+
+
 class Recording:
     """The pcap of one source allocation, written as the dialogs happen.
 
@@ -198,6 +237,10 @@ class Recording:
     def flow(self, client: tuple[str, int], server: tuple[str, int]) -> Flow:
         self.flows += 1
         return Flow(self.writer, client, server, self.clock())
+
+    def udp_flow(self, client: tuple[str, int], server: tuple[str, int]) -> UdpFlow:
+        self.flows += 1
+        return UdpFlow(self.writer, client, server)
 
     def room(self, n: int) -> bool:
         if self.writer.bytes + n > self.max_bytes:

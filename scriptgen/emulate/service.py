@@ -102,6 +102,8 @@ class EmulatorService(MultiService):
             spool,
             self.learner.submit if cfg.learn else lambda paths: None,
             self.runtime.limit_hit,
+            # a relayed UDP flow: an ephemeral client socket, connected to the pool host
+            lambda proto: reactor.listenUDP(0, proto),
         )
 
     @property
@@ -146,6 +148,7 @@ class EmulatorService(MultiService):
                 port = self.reactor.listenTCP(spec.served, factory, interface=listen, backlog=511)
             else:
                 proto = EmulatorDatagramProtocol(self.runtime, spec)
+                proto.proxy = self.proxy
                 port = self.reactor.listenUDP(spec.served, proto, interface=listen)
                 self.udp[spec] = proto
         except CannotListenError as e:

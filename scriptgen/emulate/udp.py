@@ -43,6 +43,8 @@ class EmulatorDatagramProtocol(DatagramProtocol):
         bound = runtime.config.limits.max_sources
         self.sessions: LruTable[tuple[str, int], UdpSession] = LruTable(bound, self._evicted)
         self._sweeper: Any = None
+        self.proxy: Any = None  # scriptgen.emulate.proxy.Proxy, set by the service
+        self.relays: dict[tuple[str, int], Any] = {}  # client address -> its relayed flow
 
     def startProtocol(self) -> None:  # noqa: N802
         self._schedule_sweep()
@@ -57,6 +59,9 @@ class EmulatorDatagramProtocol(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
         rt = self.runtime
+        if self.proxy is not None and addr in self.relays:
+            self.relays[addr].from_client(data)  # relayed to the source's pool host
+            return
         now = rt.clock.seconds()
         session = self.sessions.get(addr)
         if session is not None and now - session.last >= rt.config.limits.idle_timeout:
@@ -71,6 +76,11 @@ class EmulatorDatagramProtocol(DatagramProtocol):
         session.bytes_in += len(data)
         if len(data) > rt.config.limits.max_buffer_bytes:
             rt.limit_hit("max_buffer_bytes", session.where, buffered=len(data))
+            return
+        machine = session.dialog.machine
+        if self.proxy is not None and self.proxy.udp.direct(
+            self, addr, session.where, machine, data
+        ):
             return
         step = session.dialog.datagram(data)
         if isinstance(step, Matched):
@@ -88,6 +98,8 @@ class EmulatorDatagramProtocol(DatagramProtocol):
                 answer=answer,
                 end=step.target.end.value,
             )
+            if self.proxy is not None:
+                self.proxy.udp.emulated(self, addr, session.where, machine, step.request, answer)
             self._answer(session, addr, answer)
             return
         rt.events.emit(
@@ -99,6 +111,10 @@ class EmulatorDatagramProtocol(DatagramProtocol):
             policy=rt.config.on_unmatched,
         )
         rt.keep_unmatched(session.where, step.state.id, step.request)
+        if self.proxy is not None and self.proxy.udp.unmatched(
+            self, addr, session.where, machine, step.request
+        ):
+            return  # the source's pool host answers from here on
         if rt.config.on_unmatched == "close":
             self.sessions.pop(addr)
             self._end(session, "unmatched")
@@ -139,6 +155,8 @@ class EmulatorDatagramProtocol(DatagramProtocol):
         self._end(session, "evicted")
 
     def _end(self, session: UdpSession, reason: str) -> None:
+        if self.proxy is not None:  # its transcript is no use any more
+            self.proxy.udp.forget(self, (session.where.src_ip, session.where.src_port))
         self.runtime.events.emit(
             "scriptgen.session.closed",
             session.where,
