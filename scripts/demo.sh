@@ -39,9 +39,13 @@ INI
 cat <<MSG
 
 == scriptgen is starting on $LISTEN, serving what it learned from real servers:
-     FTP   (vsftpd)        tcp/$LISTEN:2121   curl ftp://$LISTEN:2121/
-     Redis (redis-server)  tcp/$LISTEN:16379  redis-cli -h $LISTEN -p 16379 ping
+     FTP   (vsftpd)        tcp/$LISTEN:2121   ftp -n -p -v $LISTEN 2121, then: user anonymous me@example.org
+     Redis (redis-server)  tcp/$LISTEN:16379  redis-cli -h $LISTEN -p 16379 TYPE delta:13
      DNS   (dnsmasq)       udp/$LISTEN:10053  dig @$LISTEN -p 10053 www.lab.test
+   It answers only what the 50 captured runs per service did (see the machines
+   below); anything else is logged as unmatched and met with silence. FTP data
+   connections (passive ports) were not learned, so listings and downloads stop
+   there (curl ftp:// waits after EPSV).
    events (JSON lines):    tail -f $DEMO/events.json
    learned machines:       .venv/bin/scriptgen show $DEMO/models
    Ctrl-C stops it.
