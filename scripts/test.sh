@@ -43,4 +43,4 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 
 echo "== pytest"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"
