@@ -283,6 +283,8 @@ def test_region_flags_mirror_region_options():
     from scriptgen.learn.regions import RegionOptions
 
     assert set(REGION_FLAGS) == {f.name for f in dataclasses.fields(RegionOptions)}
+    # the defaults the help shows are the real ones
+    assert {k: d for k, (d, _) in REGION_FLAGS.items()} == dataclasses.asdict(RegionOptions())
 
 
 def test_region_options_are_converted_and_bad_values_refused(tmp_path):

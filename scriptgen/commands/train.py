@@ -20,25 +20,26 @@ LEARN_FLAGS = {  # LearnOptions field -> help
 }
 
 
-# The fields of scriptgen.learn.regions.RegionOptions, named here so that building
-# the CLI does not import numpy/scipy for every command (a test keeps the two
-# in step). Values are converted to each field's type when the options are built.
-REGION_FLAGS = (
-    "distance_threshold",
-    "linkage",
-    "min_cluster_size",
-    "micro_min_count",
-    "micro_min_fraction",
-    "micro_max_depth",
-    "keep_generic",
-    "min_fixed_island",
-    "max_samples",
-    "max_distance_len",
-    "max_align_len",
-    "length_slack",
-    "max_clusters",
-    "workers",
-)
+# The fields of scriptgen.learn.regions.RegionOptions with their defaults, named
+# here so that building the CLI does not import numpy/scipy for every command
+# (a test keeps names and defaults in step). Values are converted to each
+# field's type when the options are built. Why each default: regions.py's docstring.
+REGION_FLAGS: dict[str, tuple[object, str]] = {  # field -> (default, help)
+    "distance_threshold": (0.35, "macroclustering cut on the normalised distance, 0..1"),
+    "linkage": ("average", "scipy linkage: average, complete, single or weighted"),
+    "min_cluster_size": (3, "requests a cluster needs to become a transition"),
+    "micro_min_count": (3, "a value recurring this often splits a cluster ..."),
+    "micro_min_fraction": (0.1, "... if it is also this fraction of the cluster"),
+    "micro_max_depth": (3, "nesting of microcluster splits"),
+    "keep_generic": (True, "keep a split cluster's generic parent (yes/no)"),
+    "min_fixed_island": (2, "shorter fixed runs between mutating ones are folded in"),
+    "max_samples": (500, "distinct requests analysed per bucket"),
+    "max_distance_len": (256, "bytes per request compared for distances (head and tail)"),
+    "max_align_len": (4096, "bytes per request aligned (head and tail)"),
+    "length_slack": (1.0, "widening of variable-width mutating regions"),
+    "max_clusters": (256, "clusters per analysis"),
+    "workers": (1, "threads for the distance matrix (-1: all cores)"),
+}
 
 
 def _flag(name: str) -> str:
@@ -81,10 +82,10 @@ def register(subparsers: Any) -> None:
             _flag(name), type=int, default=getattr(defaults, name), metavar="N", help=text
         )
     r = p.add_argument_group(
-        "region analysis", "defaults: scriptgen.learn.regions.RegionOptions (see DESIGN.md)"
+        "region analysis", "see scriptgen/learn/regions.py for how the defaults were chosen"
     )
-    for name in REGION_FLAGS:
-        r.add_argument(_flag(name), default=None, metavar="X")
+    for name, (default, text) in REGION_FLAGS.items():
+        r.add_argument(_flag(name), default=None, metavar="X", help=f"{text} (default {default})")
     r.add_argument(
         "--region",
         action="append",
