@@ -8,8 +8,14 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("show", help="display learned state machines")
-    p.add_argument("model_dir", metavar="DIR")
+    p = subparsers.add_parser(
+        "show",
+        help="display learned state machines",
+        description="Show the state machines in a model directory: per state its answer, "
+        "bucket size and outgoing transitions (fixed bytes as text or hex, mutating "
+        "regions as <min..max>).",
+    )
+    p.add_argument("model_dir", metavar="DIR", help="model directory (scriptgen train --model-dir)")
     p.add_argument(
         "--format",
         choices=("text", "dot", "json"),
