@@ -262,6 +262,38 @@ def test_total_connection_limit_and_throttled_events() -> None:
     assert len(hits) == 2 and hits[1]["suppressed"] == 7
 
 
+def test_total_limit_evicts_the_quietest_idle_connection() -> None:
+    """Idle connections from many sources must not lock other clients out:
+    at max_connections a new client replaces the connection quiet the longest."""
+    h = Harness(max_connections=3, max_connections_per_source=100)
+    idle = [h.connect(f"10.0.3.{i}", 6000) for i in range(3)]
+    h.clock.advance(5)
+    busy_proto, _busy_t = idle[1]
+    busy_proto.dataReceived(b"PING\r\n")  # this one is in a dialog now
+    h.clock.advance(0.5)
+    _p, t = h.connect("10.0.4.1", 6000)
+    assert t.value() == b"220 hello\r\n" and not t.disconnecting
+    first_proto, first_t = idle[0]
+    assert first_t.disconnecting and not idle[1][1].disconnecting
+    h.disconnect(first_proto, first_t)
+    closed = h.events.of("scriptgen.session.closed")
+    assert [c["src_ip"] for c in closed] == ["10.0.3.0"] and closed[0]["reason"] == "evicted"
+    assert h.events.of("scriptgen.limit.hit")[0]["action"] == "evicted_quietest"
+    assert h.runtime.limiter.active == 3
+    # the next newcomer evicts the next quietest idle one (10.0.3.2), never the busy one
+    _p, t = h.connect("10.0.4.2", 6000)
+    assert not t.disconnecting and idle[2][1].disconnecting and not idle[1][1].disconnecting
+
+
+def test_total_limit_refuses_when_every_connection_is_active() -> None:
+    h = Harness(max_connections=2, max_connections_per_source=100)
+    conns = [h.connect(f"10.0.5.{i}", 6000) for i in range(2)]
+    h.clock.advance(0.5)  # quiet less than EVICT_QUIET: still in their dialogs
+    _p, t = h.connect("10.0.6.1", 6000)
+    assert t.disconnecting and not any(t.disconnecting for _p, t in conns)
+    assert h.events.of("scriptgen.limit.hit")[0]["limit"] == "max_connections"
+
+
 def test_connection_lost_releases_and_reports() -> None:
     h = Harness()
     proto, t = h.connect()

@@ -61,9 +61,13 @@ class ConnectionLimiter:
         self.active = 0
         self._by_source: dict[str, int] = {}
 
-    def acquire(self, source: str) -> str | None:
-        """Count a new connection; return the name of the limit it breaks (then not counted)."""
-        if self.active >= self.total:
+    def acquire(self, source: str, over_total: bool = False) -> str | None:
+        """Count a new connection; return the name of the limit it breaks (then not counted).
+
+        ``over_total``: a connection was just evicted to make room but is still
+        counted until its close completes; admit this one past the total.
+        """
+        if self.active >= self.total and not over_total:
             return "max_connections"
         if self._by_source.get(source, 0) >= self.per_source:
             return "max_connections_per_source"
@@ -81,6 +85,37 @@ class ConnectionLimiter:
 
     def count(self, source: str) -> int:
         return self._by_source.get(source, 0)
+
+
+class Activity(Generic[K]):
+    """Live connections ordered from least to most recently active.
+
+    Why: when every connection slot is taken, the quietest connection makes
+    room for the new one, so idle connections from many sources cannot lock
+    everyone else out until they time out. One O(1) move per data event.
+    """
+
+    def __init__(self) -> None:
+        self._order: OrderedDict[K, float] = OrderedDict()
+
+    def touch(self, key: K, now: float) -> None:
+        self._order[key] = now
+        self._order.move_to_end(key)
+
+    def forget(self, key: K) -> None:
+        self._order.pop(key, None)
+
+    def quietest(self, now: float, quiet: float, evictable: Callable[[K], bool]) -> K | None:
+        """The least recently active evictable entry quiet for at least ``quiet`` seconds."""
+        for key, last in self._order.items():
+            if now - last < quiet:
+                return None  # the rest were active even more recently
+            if evictable(key):
+                return key
+        return None
+
+    def __len__(self) -> int:
+        return len(self._order)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,13 +65,14 @@ class EmulatorProtocol(Protocol):
             self.refused = self.closing = True  # closed for this source: reset at once
             self.transport.abortConnection()
             return
-        broken = rt.limiter.acquire(peer.host)
+        broken = self._admit(peer.host)
         if broken is not None:
             self.refused = self.closing = True
             rt.limit_hit(broken, self.where)
             self.transport.abortConnection()
             return
         self.started = self.last_data = rt.clock.seconds()
+        rt.activity.touch(self, self.started)
         self.transport.registerProducer(self, True)
         rt.events.emit("scriptgen.session.connect", self.where, state=self.dialog.state.id)
         lim = rt.config.limits
@@ -83,12 +84,34 @@ class EmulatorProtocol(Protocol):
                 return
         self._greet()
 
+    def _admit(self, source: str) -> str | None:
+        """Take a connection slot; at max_connections the quietest connection
+        (of another source too) is evicted for this one, so idle connections
+        from many sources cannot lock everyone out. Returns the limit broken."""
+        rt = self.runtime
+        broken = rt.limiter.acquire(source)
+        if broken != "max_connections" or rt.limiter.count(source) >= rt.limiter.per_source:
+            return broken
+        victim = rt.evict_quietest()
+        if victim is None:
+            return broken
+        rt.limit_hit(broken, self.where, action="evicted_quietest")
+        return rt.limiter.acquire(source, over_total=True)
+
+    def evictable(self) -> bool:
+        """Relayed connections are the proxy's to end; closing ones are going anyway."""
+        return not self.closing and not (self.tap is not None and self.tap.proxied)
+
+    def evict(self) -> None:
+        self._close("evicted", abort=True)
+
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
         if self.refused or self.where is None:
             return
         for name in list(self._timers):
             self._cancel(name)
         rt = self.runtime
+        rt.activity.forget(self)
         rt.limiter.release(self.where.src_ip)
         if self.tap is not None:
             self.tap.lost()
@@ -112,6 +135,7 @@ class EmulatorProtocol(Protocol):
             return
         self.bytes_in += len(data)
         self.last_data = self.runtime.clock.seconds()
+        self.runtime.activity.touch(self, self.last_data)
         if self.tap is not None and self.tap.proxied:
             self.tap.from_client(data)
             return

@@ -13,7 +13,13 @@ from typing import Any, Protocol
 
 from scriptgen.emulate.config import Config
 from scriptgen.emulate.eventlog import Endpoint, EventLog
-from scriptgen.emulate.limits import ConnectionLimiter, KeptRequest, Throttle, UnmatchedStore
+from scriptgen.emulate.limits import (
+    Activity,
+    ConnectionLimiter,
+    KeptRequest,
+    Throttle,
+    UnmatchedStore,
+)
 from scriptgen.emulate.matching import CompiledMachine
 
 
@@ -25,6 +31,17 @@ class Clock(Protocol):
     def seconds(self) -> float: ...
 
     def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any: ...  # noqa: N802
+
+
+# A connection that spoke within this many seconds is in a dialog: a flood of
+# new connections at max_connections must not cut it (it is not evicted).
+EVICT_QUIET = 1.0
+
+
+class Evictable(Protocol):
+    def evictable(self) -> bool: ...
+
+    def evict(self) -> None: ...
 
 
 def new_session_id() -> str:
@@ -40,6 +57,7 @@ class Runtime:
     limiter: ConnectionLimiter = field(init=False)
     unmatched: UnmatchedStore = field(init=False)
     throttle: Throttle = field(init=False)
+    activity: Activity[Evictable] = field(init=False)
 
     def __post_init__(self) -> None:
         lim = self.config.limits
@@ -48,6 +66,15 @@ class Runtime:
             lim.unmatched_per_source, lim.max_sources, lim.unmatched_bytes
         )
         self.throttle = Throttle(self.clock.seconds)
+        self.activity = Activity()
+
+    def evict_quietest(self) -> Evictable | None:
+        """Close the connection quiet the longest (at least EVICT_QUIET s) to make room."""
+        victim = self.activity.quietest(self.clock.seconds(), EVICT_QUIET, _evictable)
+        if victim is not None:
+            self.activity.forget(victim)
+            victim.evict()
+        return victim
 
     def limit_hit(self, limit: str, where: Endpoint | None = None, **extra: Any) -> None:
         """Emit scriptgen.limit.hit, at most once a second per limit."""
@@ -64,3 +91,7 @@ class Runtime:
             self.clock.seconds(), where.protocol, where.dst_port, where.session, state, request
         )
         self.unmatched.keep(where.src_ip, item)
+
+
+def _evictable(conn: Evictable) -> bool:
+    return conn.evictable()
