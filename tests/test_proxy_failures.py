@@ -231,3 +231,27 @@ def test_answers_differ_relay_anyway(tmp_path: Path) -> None:
         finally:
             stop_emulator(emu)
         assert tracebacks(emu) == []
+
+
+def test_every_open_connection_of_the_source_is_handed_over(tmp_path: Path) -> None:
+    """The paper's p open connections: all replayed to the host, then relayed."""
+    with FakeHost("good") as host:
+        emu = emulator(tmp_path, host.port)
+        try:
+            a, b = connect(emu), connect(emu)
+            assert ask(b, b"USER bob\r\n") == b"331 password?\r\n"  # emulated
+            assert ask(a, b"HELLO a\r\n") == b"200 ok HELLO a\r\n"  # a: unmatched, relayed
+            assert ask(b, b"HELLO b\r\n") == b"200 ok HELLO b\r\n"  # b was handed over too
+            c = connect_raw(emu)  # a new connection of that source: straight to the host
+            assert c.recv(100) == b"220 hello\r\n" and ask(c, b"NEW\r\n") == b"200 ok NEW\r\n"
+            assert host.accepted == 3
+            replayed = emu.wait_count("scriptgen.proxy.replayed", 2)
+            assert sorted(e["turns"] for e in replayed) == [1, 2]  # a: banner; b: banner, USER
+        finally:
+            stop_emulator(emu)
+        assert tracebacks(emu) == []
+
+
+def connect_raw(emu: Emulator) -> socket.socket:
+    [port] = emu.ports.values()
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
