@@ -131,6 +131,33 @@ def test_bucket_is_bounded_and_drops_are_counted():
     assert machine.states[0].samples == 12
 
 
+def test_a_bucket_full_of_junk_still_learns_a_later_recurring_request():
+    """One-offs fill the bucket first; requests that recur later must still get in
+    (a share of them), be analysed and become a transition."""
+    junk = [dialog([(b"%04d-junk" % i, b"")], origin=f"j{i}") for i in range(300)]
+    hello = [dialog([(b"HELLO", b"hi")], origin=f"h{i}") for i in range(100)]
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(min_size=3), LearnOptions(max_bucket=50))
+    learner.add(junk[:50])  # full
+    learner.refine()
+    learner.add(junk[50:] + hello)
+    root = machine.states[0]
+    assert len(root.bucket) == 50 and root.dropped == 350
+    learner.refine()
+    assert [t.pattern for t in root.transitions] == [Pattern.literal(b"HELLO")]
+
+
+def test_a_full_bucket_keeps_the_same_sample_whatever_the_arrival_order():
+    flows = [dialog([(b"REQ%d" % i, b"")], origin=f"o{i}") for i in range(40)]
+    kept = []
+    for order in (flows, flows[::-1], flows[::2] + flows[1::2]):
+        machine = Machine("tcp", 21)
+        Learner(machine, make_standin(), LearnOptions(max_bucket=10)).add(order)
+        kept.append(sorted(s.turns[0].request for s in machine.states[0].bucket))
+        assert machine.states[0].dropped == 30
+    assert kept[0] == kept[1] == kept[2] and len(kept[0]) == 10
+
+
 def test_refinement_resumes_from_the_bucket_state_not_the_root():
     machine = Machine("tcp", 21)
     learner = Learner(machine, make_standin())

@@ -26,8 +26,10 @@ incoming transition: the machine is then a DAG, not a tree).
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from heapq import heapify, heapreplace
 from typing import Any, Protocol
 
 import regex
@@ -51,7 +53,9 @@ Analyser = Callable[[Sequence[bytes]], Sequence[ClusterLike]]
 class LearnOptions:
     """Bounds and switches of the learner (region analysis has its own options)."""
 
-    max_bucket: int = 1000  # suffixes kept per state bucket; more are dropped and counted
+    # Suffixes kept per state bucket: when full, a sample that does not depend on
+    # arrival order (smallest hash keys); the others are dropped and counted.
+    max_bucket: int = 1000
     max_answers: int = 16  # distinct answers kept as evidence per state
     max_iterations: int = 1024  # refinement steps per training run (≥ dialog depth)
     widen: bool = True  # let a transition's mutating lengths grow to take near misses
@@ -98,6 +102,9 @@ class Learner:
         # Every non-empty bucket is worth one look: the options or the new data may differ.
         self.dirty: set[int] = {s.id for s in machine.states.values() if s.bucket}
         self.iterations = 0
+        # Full buckets: a max-heap of (-sample key, tie, suffix) over the bucket's suffixes.
+        self._full: dict[int, list[tuple[int, int, Suffix]]] = {}
+        self._tie = itertools.count()
 
     # -- update phase -------------------------------------------------------
 
@@ -143,10 +150,29 @@ class Learner:
             kept.append(request)
 
     def _bucket(self, state: State, suffix: Suffix, dirty: bool) -> None:
-        if len(state.bucket) >= self.options.max_bucket:
+        """Keep ``suffix`` in the bucket; a full bucket keeps the smallest sample keys.
+
+        Keeping the first ``max_bucket`` arrivals would let one-off junk that
+        fills a bucket refuse every later request there forever (nothing
+        new could ever be learned at that state, in this run or a later
+        one); the keyed sample keeps a share of each kind of request, and
+        the same set whatever the arrival order.
+        """
+        bucket = state.bucket
+        if len(bucket) < self.options.max_bucket:
+            bucket.append(suffix)
+        else:
+            heap = self._full.get(state.id)
+            if heap is None:
+                heap = [(-_sample_key(s), next(self._tie), s) for s in bucket]
+                heapify(heap)
+                self._full[state.id] = heap
+            key = _sample_key(suffix)
             state.dropped += 1
-            return
-        state.bucket.append(suffix)
+            if key >= -heap[0][0]:
+                return
+            out = heapreplace(heap, (-key, next(self._tie), suffix))[2]
+            bucket[next(i for i, s in enumerate(bucket) if s is out)] = suffix
         if dirty:
             self.dirty.add(state.id)
 
@@ -168,6 +194,7 @@ class Learner:
             created = self._grow(state)
             report.new_transitions += len(created)
             suffixes, state.bucket = state.bucket, []
+            self._full.pop(sid, None)
             for suffix in suffixes:
                 self._feed(state, suffix, refeed_of=sid)
             report.new_transitions -= self._prune(state, created)
@@ -324,6 +351,17 @@ class Learner:
             t.pattern = wider
             widened += 1
         return widened
+
+
+def _sample_key(suffix: Suffix) -> int:
+    """A suffix's place in a full bucket's sample (smaller is kept): a hash, so
+    the kept set is a fair sample and does not depend on arrival order."""
+    h = hashlib.blake2b(digest_size=8)
+    for turn in suffix.turns:
+        h.update(len(turn.request).to_bytes(8, "little"))
+        h.update(turn.request)
+    h.update(suffix.origin.encode("utf-8", "replace"))
+    return int.from_bytes(h.digest(), "big")
 
 
 def _slack(region: Region, slack: int) -> int:
