@@ -107,6 +107,31 @@ def test_close_end_closes_after_answer() -> None:
     assert closed["reason"] == "server_close" and closed["requests"] == 1
 
 
+def test_close_that_cannot_flush_is_aborted() -> None:
+    """A client that stops reading keeps loseConnection waiting for the answer
+    to drain; after request_timeout the connection is aborted, freeing its slot."""
+    h = Harness(request_timeout=5)
+    proto, t = h.connect()
+    proto.dataReceived(b"QUIT\r\n")
+    assert t.disconnecting and not t.disconnected  # a graceful close was asked for
+    h.clock.advance(4.9)
+    assert not t.disconnected
+    h.clock.advance(0.2)
+    assert t.disconnected  # aborted
+    h.disconnect(proto, t)
+    assert h.runtime.limiter.active == 0 and not h.clock.getDelayedCalls()
+
+
+def test_graceful_close_leaves_no_timer_behind() -> None:
+    h = Harness(request_timeout=5)
+    proto, t = h.connect()
+    proto.dataReceived(b"QUIT\r\n")
+    h.disconnect(proto, t)  # the client read the answer and the close completed
+    assert not h.clock.getDelayedCalls()
+    proto._close("late")  # e.g. the proxy, after the connection is gone: no new timer
+    assert not h.clock.getDelayedCalls()
+
+
 def test_reset_end_aborts() -> None:
     h = Harness()
     proto, t = h.connect()

@@ -108,6 +108,7 @@ class EmulatorProtocol(Protocol):
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
         if self.refused or self.where is None:
             return
+        self.closing = True  # gone: nothing may write or arm timers now
         for name in list(self._timers):
             self._cancel(name)
         rt = self.runtime
@@ -382,6 +383,14 @@ class EmulatorProtocol(Protocol):
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
+            # loseConnection first sends what is buffered; a client that stopped
+            # reading would hold the connection (and its slot) open for ever.
+            limit = self.runtime.config.limits.request_timeout
+            self._start("flush", limit, self._flush_expired)
+
+    def _flush_expired(self) -> None:
+        self._timers.pop("flush", None)
+        self.transport.abortConnection()
 
 
 class EmulatorFactory(Factory):
