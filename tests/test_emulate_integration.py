@@ -249,6 +249,27 @@ def test_idle_connections_from_one_source_are_limited(server: Server) -> None:
     )
 
 
+def test_idle_connections_from_many_sources_do_not_lock_others_out(server: Server) -> None:
+    """300 idle connections from 300 sources against max_connections = 200: once
+    they have been quiet for a second, a newcomer evicts the quietest one."""
+    socks = []
+    try:
+        for i in range(300):
+            try:
+                socks.append(connect(server, f"127.0.{3 + i // 200}.{1 + i % 200}"))
+            except OSError:
+                pass  # refused at the limit: fine, they are the flood
+        time.sleep(1.5)  # < idle_timeout (3 s): the flood is still connected
+        with connect(server, "127.0.9.9") as newcomer:
+            assert recv_exactly(newcomer, 11) == b"220 hello\r\n"
+    finally:
+        for s in socks:
+            s.close()
+    server.wait_event(
+        lambda e: e["eventid"] == "scriptgen.session.closed" and e["reason"] == "evicted"
+    )
+
+
 def loaded_count(server: Server, machine: str) -> int:
     return sum(
         1
