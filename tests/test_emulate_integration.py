@@ -7,9 +7,7 @@ versions are in benchmarks/emulator_speed.py."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,10 +21,9 @@ import pytest
 
 from scriptgen.emulate.events import CATALOGUE
 from scriptgen.model import save_machine
+from tests.emulator_support import ROOT, TWISTD, Emulator
 from tests.test_emulate_support import line_machine
 
-ROOT = Path(__file__).resolve().parents[1]
-TWISTD = shutil.which("twistd")
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(TWISTD is None, reason="twistd not installed"),
@@ -51,28 +48,13 @@ session_timeout = 30
 """
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    events: Path
+@dataclass(kw_only=True)
+class Server(Emulator):
+    """The emulator and the model directory it serves, with its bound ports."""
+
     models: Path
-    tcp: int
-    udp: int
-
-    def read_events(self) -> list[dict]:
-        return [json.loads(line) for line in self.events.read_text().splitlines() if line]
-
-    def wait_event(self, predicate, timeout: float = 10.0) -> dict:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.events.exists():
-                for e in self.read_events():
-                    if predicate(e):
-                        return e
-            if self.proc.poll() is not None:
-                raise AssertionError(f"twistd exited: {self.proc.stderr.read().decode()}")
-            time.sleep(0.05)
-        raise AssertionError("event not seen in time")
+    tcp: int = 0
+    udp: int = 0
 
 
 def start_server(tmp_path: Path, policy: str = "silent") -> Server:
@@ -80,39 +62,15 @@ def start_server(tmp_path: Path, policy: str = "silent") -> Server:
     save_machine(line_machine(7000), models)
     save_machine(line_machine(5353, "udp"), models)
     events = tmp_path / "events.json"
-    config = tmp_path / "scriptgen.ini"
-    config.write_text(CONFIG.format(models=models, events=events, policy=policy))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            f"--logfile={tmp_path / 'twistd.log'}",
-            "scriptgen",
-            "--config",
-            str(config),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    server = Server(proc, events, models, 0, 0)
-    started = server.wait_event(lambda e: e["eventid"] == "scriptgen.service.started", timeout=20)
-    server.tcp = started["ports"]["tcp/7000=0"]
-    server.udp = started["ports"]["udp/5353=0"]
+    config = CONFIG.format(models=models, events=events, policy=policy)
+    server = Server.start(tmp_path, config, events, timeout=20, models=models)
+    server.tcp = server.ports["tcp/7000=0"]
+    server.udp = server.ports["udp/5353=0"]
     return server
 
 
 def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
+    server.stop(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -364,6 +322,35 @@ def test_bad_config_stops_startup_with_one_line(tmp_path: Path) -> None:
         proc.stderr == f"scriptgen: config {config}: [limits] idle_timeout: not a number: 'abc'\n"
     )
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_no_port_bound_stops_startup_with_one_line(tmp_path: Path) -> None:
+    """Every served port in use: exit 1 with one line, not a process serving nothing."""
+    models = tmp_path / "models"
+    models.mkdir()
+    save_machine(line_machine(7000), models)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "inuse.ini"
+        config.write_text(
+            f"[scriptgen]\nmodel_dir = {models}\nlisten = 127.0.0.1\n"
+            f"ports = tcp/7000={port}\nevents = {tmp_path / 'events.json'}\n"
+        )
+        proc = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "scriptgen", "--config", str(config)],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert f"scriptgen: no port could be bound (tcp/7000={port} on 127.0.0.1)" in out
+    assert "Traceback" not in out
+    assert '"scriptgen.port.error"' in (tmp_path / "events.json").read_text()
 
 
 def test_python_m_scriptgen_emulate_events_runs() -> None:

@@ -55,26 +55,9 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if train.returncode != 0 or not (models / "tcp-6379.json").exists():
         pytest.fail(f"scriptgen train failed: {train.stderr.strip()[-500:]}")
     events = tmp / "events.json"
-    config = tmp / "scriptgen.ini"
-    config.write_text(CONFIG.format(models=models, events=events))
-    proc = subprocess.Popen(
-        [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            f"--logfile={tmp / 'twistd.log'}",
-            "scriptgen",
-            "--config",
-            str(config),
-        ],
-        cwd=tmp,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    server = Server(proc, events, models, 0, 0)
-    started = server.wait_event(lambda e: e["eventid"] == "scriptgen.service.started", timeout=30)
-    server.tcp = started["ports"]["tcp/6379=0"]
+    config = CONFIG.format(models=models, events=events)
+    server = Server.start(tmp, config, events, models=models)
+    server.tcp = server.ports["tcp/6379=0"]
     yield server
     stop_server(server)
 
