@@ -12,6 +12,7 @@ aborting the whole process with a traceback.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -57,6 +58,9 @@ class EmulatorService(MultiService):
         self.specs = specs
         self.reactor = reactor
         self.listening: dict[PortSpec, Any] = {}
+        # twistd sets this (the plugin): with no port bound at all, a process that
+        # stays up serving nothing looks healthy; it exits with one line instead.
+        self.exit_if_nothing_bound = False
         self.udp: dict[PortSpec, EmulatorDatagramProtocol] = {}
         self.proxy: Any = None  # scriptgen.emulate.proxy.Proxy when [proxy] enabled
         self.learner: Any = None  # scriptgen.emulate.online.OnlineLearner
@@ -117,6 +121,8 @@ class EmulatorService(MultiService):
         events.start()
         for spec in self.specs:
             self._listen(spec)
+        if self.specs and not self.listening and self.exit_if_nothing_bound:
+            self._exit_unbound()
         targets = gated_ports(m.machine for m in self.holder.machines.values())
         self.gate.start({s.key: p for s, p in self.bound.items() if s.key in targets})
         if self.config.reload_interval > 0:
@@ -171,6 +177,14 @@ class EmulatorService(MultiService):
         log.info(
             "scriptgen: serving {spec} on {addr}:{real}", spec=str(spec), addr=listen, real=real
         )
+
+    def _exit_unbound(self) -> None:
+        """Every served port failed to bind: stop start-up with one line, exit status 1."""
+        self.runtime.events.close(timeout=2.0)  # the port.error events reach the log
+        ports = ", ".join(f"{s} on {self.config.listen}" for s in self.specs)
+        sys.stderr.write(f"scriptgen: no port could be bound ({ports}); see the lines above\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
 
     def _serve_new(self, keys: list[tuple[str, int]]) -> None:
         """ports = auto: a model that appears later is served on its own port."""

@@ -33,7 +33,9 @@ class ScriptgenServiceMaker:
         from scriptgen.emulate import ConfigError, StartupError, load_config, make_service
 
         try:
-            return make_service(load_config(options["config"]))
+            service = make_service(load_config(options["config"]))
+            service.exit_if_nothing_bound = True
+            return service
         except (ConfigError, StartupError) as e:
             sys.stderr.write(f"scriptgen: {e}\n")
             sys.stderr.flush()
