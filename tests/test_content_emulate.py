@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.emulator_support import ROOT, TWISTD, Emulator
+
 CAPTURES = ROOT / "tests" / "data" / "captures"
-TWISTD = shutil.which("twistd")
 DIG = shutil.which("dig")
 pytestmark = [
     pytest.mark.integration,
@@ -82,35 +79,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve(models: Path, tmp: Path, deps: bool) -> Iterator[dict[str, int]]:
     events = tmp / "events.json"
-    config = tmp / "scriptgen.ini"
-    config.write_text(CONFIG.format(models=models, events=events, deps=str(deps).lower()))
-    proc = subprocess.Popen(
-        [TWISTD or "twistd", "-n", "--pidfile=", f"--logfile={tmp / 'twistd.log'}", "scriptgen"]
-        + ["--config", str(config)],
-        cwd=tmp,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp / "twistd.log").read_text()
-            if events.exists():
-                for line in events.read_text().splitlines():
-                    e = json.loads(line)
-                    if e["eventid"] == "scriptgen.service.started":
-                        yield {"udp": e["ports"]["udp/53=0"], "tcp": e["ports"]["tcp/53=0"]}
-                        return
-            time.sleep(0.05)
-        raise AssertionError("emulator did not start")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    config = CONFIG.format(models=models, events=events, deps=str(deps).lower())
+    with Emulator.start(tmp, config, events) as emu:
+        yield {"udp": emu.ports["udp/53=0"], "tcp": emu.ports["tcp/53=0"]}
 
 
 def ask(port: int, run: dict) -> subprocess.CompletedProcess[str]:

@@ -8,21 +8,15 @@ checked in tests/test_sessions_gate.py and tests/test_sessions_scenarios.py.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from scriptgen.model import End, Machine, Pattern, Transition, save_machine
+from tests.emulator_support import TWISTD, Emulator
 
-ROOT = Path(__file__).resolve().parents[1]
-TWISTD = shutil.which("twistd")
 SERVICE, SHELL = 7101, 7102
 pytestmark = [
     pytest.mark.integration,
@@ -54,24 +48,6 @@ def models(directory: Path) -> None:
     save_machine(shell, directory)
 
 
-def read_events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def wait_for(path: Path, proc: subprocess.Popen, eventid: str, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in read_events(path):
-            if e["eventid"] == eventid:
-                return e
-        if proc.poll() is not None:
-            raise AssertionError(f"twistd exited: {proc.stderr.read().decode()}")
-        time.sleep(0.05)
-    raise AssertionError(f"no {eventid}")
-
-
 def talk(port: int, source: str, send: bytes | None = None) -> bytes | str:
     """What a client from ``source`` reads (bytes), or how its connection failed."""
     s = socket.socket()
@@ -95,23 +71,11 @@ def talk(port: int, source: str, send: bytes | None = None) -> bytes | str:
 def test_fallback_gate_per_source_with_expiry(tmp_path: Path) -> None:
     models(tmp_path / "models")
     events = tmp_path / "events.json"
-    config = tmp_path / "scriptgen.ini"
-    config.write_text(
-        CONFIG.format(models=tmp_path / "models", events=events, service=SERVICE, shell=SHELL)
-    )
-    proc = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", f"--logfile={tmp_path / 'twistd.log'}", "scriptgen"]
-        + ["--config", str(config)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        started = wait_for(events, proc, "scriptgen.service.started")
-        service = started["ports"][f"tcp/{SERVICE}=0"]
-        shell = started["ports"][f"tcp/{SHELL}=0"]
-        ready = wait_for(events, proc, "scriptgen.gate.ready")
+    config = CONFIG.format(models=tmp_path / "models", events=events, service=SERVICE, shell=SHELL)
+    with Emulator.start(tmp_path, config, events, timeout=20) as emu:
+        service = emu.ports[f"tcp/{SERVICE}=0"]
+        shell = emu.ports[f"tcp/{SHELL}=0"]
+        ready = emu.wait_event("scriptgen.gate.ready")
         assert ready["mechanism"] == "fallback" and ready["reason"] == "configured"
         assert ready["ports"] == [f"tcp/{SHELL}={shell}"]
 
@@ -125,7 +89,7 @@ def test_fallback_gate_per_source_with_expiry(tmp_path: Path) -> None:
 
         deadline = time.monotonic() + 5  # the log is written by a thread: let it catch up
         while time.monotonic() < deadline:
-            seen = read_events(events)
+            seen = emu.read_events()
             if sum(e["eventid"] == "scriptgen.gate.refused" for e in seen) >= 3:
                 break
             time.sleep(0.05)
@@ -137,10 +101,3 @@ def test_fallback_gate_per_source_with_expiry(tmp_path: Path) -> None:
         refused = [e["src_ip"] for e in seen if e["eventid"] == "scriptgen.gate.refused"]
         assert expired == ["127.0.0.5"]
         assert refused == ["127.0.0.5", "127.0.0.6", "127.0.0.5"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
