@@ -182,3 +182,60 @@ def test_loose_region_bounds_are_checked_per_region():
     assert pattern.fullmatch(b"x" * 5000 + b"|ab.") is not None
     # total length fits the pattern, but the first region is too short
     assert pattern.fullmatch(b"x" * 4999 + b"|ab." + b"") is None
+
+
+small_regions = st.one_of(
+    st.sampled_from([b"a", b"ab", b"ba", b"aa"]).map(Region),
+    st.tuples(st.integers(0, 4), st.integers(0, 4)).map(lambda t: Region.mutating(min(t), max(t))),
+)
+
+
+@given(
+    st.lists(small_regions, max_size=6),
+    st.binary(max_size=24).map(lambda b: bytes(x % 3 + 97 for x in b)),
+)
+def test_feasible_agrees_with_the_regex(rs, data):
+    """The linear-time check gives exactly the regex's answer (counted repeats, small)."""
+    import regex
+
+    pattern = Pattern(tuple(rs))
+    body = b"".join(
+        b"(" + regex.escape(r.fixed) + b")"
+        if r.is_fixed
+        else b"(.{%d,%d})" % (r.min_len, r.max_len)
+        for r in rs
+    )
+    expected = regex.compile(b"(?s)" + body).fullmatch(data) is not None
+    assert pattern.feasible(data) is expected
+
+
+def test_a_long_request_that_does_not_match_a_loose_pattern_is_refused_fast():
+    """Loose regions (.*) next to other regions backtracked for minutes on long input."""
+    import time
+
+    backtracks = Pattern(
+        (
+            Region.mutating(0, 4000),
+            Region(b"X"),
+            Region.mutating(0, 4000),
+            Region(b"X"),
+            Region.mutating(5000, 20_000_000),
+            Region(b"Z"),
+        )
+    )
+    tail = Pattern(
+        (
+            Region(b"HDR"),
+            Region.mutating(5000, 20_000_000),
+            Region.mutating(0, 1000),
+            Region(b"END"),
+        )
+    )
+    started = time.monotonic()
+    assert backtracks.fullmatch(b"X" * 2_000_000) is None  # was 31 s for 1 MB
+    assert tail.fullmatch(b"HDR" + b"E" * 5_000_000 + b"ENX") is None  # was 6 s per MB
+    assert time.monotonic() - started < 5
+    # and what matches still matches, with its groups
+    m = backtracks.fullmatch(b"X" * 2_000_000 + b"Z")
+    assert m is not None and m.end(6) == 2_000_001
+    assert tail.fullmatch(b"HDR" + b"E" * 5_000_000 + b"END") is not None
