@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import resource
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -44,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from scriptgen.emulate.dialog import Dialog  # noqa: E402
 from scriptgen.emulate.matching import CompiledMachine  # noqa: E402
 from scriptgen.model import Machine, Pattern, Region, Transition, save_machine  # noqa: E402
+from tests.emulator_support import Emulator, spawn_twistd, stop_process  # noqa: E402
 
 REQUEST = b"PING\r\n"
 ANSWER = b"+PONG\r\n"
@@ -102,59 +99,30 @@ def start_echo() -> tuple[subprocess.Popen[str], int]:
     return proc, port
 
 
-def start_emulator(tmp: Path, events: bool = True) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_emulator(tmp: Path, events: bool = True) -> tuple[Emulator, int]:
+    """The emulator serving ``ping_machine`` and its port; without an event log
+    (``events=False``) the port is read from the twistd log."""
     models = tmp / "models"
     save_machine(ping_machine(), models)
     event_path = tmp / "events.json"
-    config = tmp / "scriptgen.ini"
-    config.write_text(CONFIG.format(models=models, events=event_path if events else ""))
-    twistd = shutil.which("twistd") or "twistd"
-    proc = subprocess.Popen(
-        [
-            twistd,
-            "-n",
-            "--pidfile=",
-            f"--logfile={tmp / 'twistd.log'}",
-            "scriptgen",
-            "--config",
-            str(config),
-        ],
-        cwd=tmp,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    if not events:  # no event log to read the port from: ask the twistd log
-        return proc, _port_from_log(tmp / "twistd.log", proc), event_path
+    config = CONFIG.format(models=models, events=event_path if events else "")
+    if events:
+        emu = Emulator.start(tmp, config, event_path)
+        return emu, int(emu.ports["tcp/7000=0"])
+    (tmp / "scriptgen.ini").write_text(config)
+    emu = Emulator(spawn_twistd(tmp, tmp / "scriptgen.ini"), tmp, event_path)
+    return emu, _port_from_log(emu)
+
+
+def _port_from_log(emu: Emulator) -> int:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if event_path.exists():
-            for line in event_path.read_text().splitlines():
-                e = json.loads(line)
-                if e["eventid"] == "scriptgen.service.started":
-                    return proc, int(e["ports"]["tcp/7000=0"]), event_path
+        for line in emu.log().splitlines():
+            if "scriptgen: serving" in line:
+                return int(line.rsplit(":", 1)[1])
         time.sleep(0.05)
-    raise SystemExit("emulator did not start (see twistd.log)")
-
-
-def _port_from_log(log: Path, proc: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if log.exists():
-            for line in log.read_text().splitlines():
-                if "scriptgen: serving" in line:
-                    return int(line.rsplit(":", 1)[1])
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("emulator did not start (see twistd.log)")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    emu.stop(kill=True)
+    raise SystemExit(f"emulator did not start; {emu.tail()}")
 
 
 def rss_mib(pid: int) -> float:
@@ -331,7 +299,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="sg-bench-") as tmp:
         echo, echo_port = start_echo()
-        emu, emu_port, _events = start_emulator(Path(tmp), events=not args.no_events)
+        emu, emu_port = start_emulator(Path(tmp), events=not args.no_events)
         try:
             print("| clients | server | requests/s | p50 ms | p95 ms | p99 ms | vs echo |")
             print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
@@ -358,16 +326,15 @@ def main() -> None:
                     )
             print()
             if args.hostile:
-                for line in hostile(emu_port, emu.pid):
+                for line in hostile(emu_port, emu.proc.pid):
                     print(line)
                 print()
         finally:
-            stop(emu)
-            stop(echo)
+            emu.stop()
+            stop_process(echo)
         if not args.no_events:
             written = dropped = 0
-            for line in _events.read_text().splitlines():
-                e = json.loads(line)
+            for e in emu.read_events():
                 written += 1
                 if e["eventid"] == "scriptgen.log.dropped":
                     dropped += e["count"]
