@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+
+import pytest
+from twisted.internet.error import MessageLengthError
 from twisted.internet.testing import MemoryReactorClock
 
 from scriptgen.emulate.config import PortSpec
@@ -121,3 +125,26 @@ def test_stop_ends_all_sessions() -> None:
     proto.doStop()
     assert rt.events.of("scriptgen.session.closed")[0]["reason"] == "service_stopped"
     assert not clock.getDelayedCalls()
+
+
+class RefusingUdpTransport(FakeUdpTransport):
+    """The kernel refuses every datagram with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error", [MessageLengthError("too long"), OSError(errno.EACCES, "Permission denied")]
+)
+def test_refused_send_ends_the_session_not_the_service(error: Exception) -> None:
+    proto, _t, rt, _clock = make()
+    proto.transport = RefusingUdpTransport(error)
+    proto.datagramReceived(b"PING\r\n", A)  # must not raise
+    assert A not in proto.sessions
+    closed = rt.events.of("scriptgen.session.closed")
+    assert closed[0]["reason"] == "send_error" and closed[0]["bytes_out"] == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 
 from scriptgen.emulate.config import PortSpec
@@ -144,7 +145,15 @@ class EmulatorDatagramProtocol(DatagramProtocol):
     def _answer(self, session: UdpSession, addr: tuple[str, int], answer: bytes) -> None:
         state = session.dialog.state
         if answer:
-            self.transport.write(answer, addr)
+            try:
+                self.transport.write(answer, addr)
+            except (OSError, MessageLengthError):
+                # The kernel refused it (an answer grown past the datagram size
+                # by rewriting, a source we may not send to): end this session,
+                # not the service, and no traceback.
+                self.sessions.pop(addr)
+                self._end(session, "send_error")
+                return
             session.bytes_out += len(answer)
         if state.end is not End.OPEN:  # the dialog is over: the next datagram starts afresh
             self.sessions.pop(addr)
