@@ -374,3 +374,29 @@ def test_widening_never_takes_the_requests_of_a_less_specific_sibling():
     learner.add([dialog([(b"GET " + b"y" * 9, b"?")])])
     learner.refine()
     assert root.transitions[0].pattern.regions[1].max_len == 9
+
+
+def test_widening_a_long_request_that_fits_nothing_is_fast():
+    """A bucketed multi-megabyte request near a wide pattern: the relaxed match must
+    not backtrack (the regex form took ~6 s per MB)."""
+    import time
+
+    machine = Machine("tcp", 21)
+    root = machine.states[0]
+    target = machine.new_state()
+    wide = Pattern(
+        (
+            Region(b"HDR"),
+            Region.mutating(5000, 3_000_000),
+            Region.mutating(0, 1000),
+            Region(b"END"),
+        )
+    )
+    root.transitions.append(Transition(wide, target.id))
+    long_request = b"HDR" + b"E" * 2_000_000 + b"ENX"
+    learner = Learner(machine, make_standin())
+    learner.add([dialog([(long_request, b"")])])
+    started = time.monotonic()
+    report = learner.refine_step()
+    assert time.monotonic() - started < 5
+    assert report.widened == 0 and len(root.bucket) == 1

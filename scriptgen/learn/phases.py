@@ -325,7 +325,7 @@ class Learner:
         """
         if not state.transitions:
             return 0
-        relaxed: dict[int, tuple[regex.Pattern, int, int] | None] = {}
+        relaxed: dict[int, Pattern | None] = {}
         widened = 0
         for suffix in state.bucket:
             request = suffix.turns[0].request
@@ -334,11 +334,9 @@ class Learner:
             hits = []
             for idx, t in enumerate(state.transitions):
                 if idx not in relaxed:
-                    relaxed[idx] = _relaxed_regex(t.pattern, self.options.widen_slack)
+                    relaxed[idx] = _relaxed(t.pattern, self.options.widen_slack)
                 rx = relaxed[idx]
-                if rx is None or not rx[1] <= len(request) <= rx[2]:
-                    continue
-                m = rx[0].fullmatch(request)
+                m = None if rx is None else rx.fullmatch(request)
                 if m is not None:
                     hits.append((t, m))
             if len(hits) != 1:
@@ -368,23 +366,21 @@ def _slack(region: Region, slack: int) -> int:
     return max(slack, region.max_len)
 
 
-def _relaxed_regex(pattern: Pattern, slack: int) -> tuple[regex.Pattern, int, int] | None:
-    """The pattern with every mutating length range stretched by the slack, and its
-    total length bounds; None when there is nothing fixed to anchor on."""
+def _relaxed(pattern: Pattern, slack: int) -> Pattern | None:
+    """The pattern with every mutating length range stretched by the slack; None
+    when there is nothing fixed to anchor on. A ``Pattern``, so that a long
+    request is matched without regex backtracking (see ``Pattern.feasible``)
+    and its groups still number the regions."""
     if pattern.specificity == 0 or all(r.is_fixed for r in pattern.regions):
         return None
-    parts = []
-    lo = hi = 0
+    regions = []
     for r in pattern.regions:
         if r.fixed is not None:
-            parts.append(b"(" + regex.escape(r.fixed) + b")")
-            lo, hi = lo + len(r.fixed), hi + len(r.fixed)
+            regions.append(r)
         else:
             s = _slack(r, slack)
-            a, b = max(0, r.min_len - s), r.max_len + s
-            parts.append(b"(.{%d,%d})" % (a, b))
-            lo, hi = lo + a, hi + b
-    return regex.compile(b"(?s)" + b"".join(parts)), lo, hi
+            regions.append(Region.mutating(max(0, r.min_len - s), r.max_len + s))
+    return Pattern(tuple(regions))
 
 
 def _widened(pattern: Pattern, match: regex.Match) -> Pattern:
