@@ -40,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -53,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.emulator_support import Emulator, read_events  # noqa: E402
 from tests.lab.clients import ClientResult  # noqa: E402
 from tests.lab.daemon import DEFAULT_ADDR  # noqa: E402
 from tests.lab.make_captures import play_runs, protocol_seed  # noqa: E402
@@ -296,54 +296,12 @@ def emulator(
     work.mkdir(parents=True, exist_ok=True)
     events = work / "events.json"
     events.unlink(missing_ok=True)
-    config = work / "scriptgen.ini"
-    table = f"sgq{os.getpid()}"
-    config.write_text(emulator_config(model_dir, addr, events, options, table))
-    twistd = shutil.which("twistd") or "twistd"
-    proc = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", f"--logfile={work / 'twistd.log'}", "scriptgen"]
-        + ["--config", str(config)],
-        cwd=work,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_started(events, proc)
+    config = emulator_config(model_dir, addr, events, options, f"sgq{os.getpid()}")
+    with Emulator.start(work, config, events, root=root, timeout=60) as emu:
+        errors = [e for e in emu.read_events() if e["eventid"] == "scriptgen.port.error"]
+        if errors:
+            raise RuntimeError(f"emulator could not bind: {errors[0]}")
         yield events
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_started(events: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"twistd exited at start: {err.strip()[-500:]}")
-        if any(e["eventid"] == "scriptgen.service.started" for e in read_events(events)):
-            errors = [e for e in read_events(events) if e["eventid"] == "scriptgen.port.error"]
-            if errors:
-                raise RuntimeError(f"emulator could not bind: {errors[0]}")
-            return
-        time.sleep(0.1)
-    raise RuntimeError("emulator did not start in time")
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            out.append(json.loads(line))
-    return out
 
 
 def _epoch(ts: str) -> float:
