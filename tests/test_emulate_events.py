@@ -72,6 +72,14 @@ def test_markdown_table_printed_by_module() -> None:
         assert f"`{eid}`" in out
 
 
+def test_readme_lists_every_event_id() -> None:
+    """The README's event table (pasted from ``python -m scriptgen.emulate.events``) is
+    not allowed to fall behind the catalogue."""
+    readme = (EMULATE.parents[1] / "README.md").read_text()
+    missing = [eid for eid in CATALOGUE if f"`{eid}`" not in readme]
+    assert missing == []
+
+
 WHERE = Endpoint("tcp", "10.0.0.1", 4000, "127.0.0.1", 21, "abc123")
 
 

@@ -19,7 +19,13 @@ CATALOGUE: dict[str, str] = {
     "scriptgen.model.loaded": "Models were (re)loaded and swapped in: machine, file, state and transition counts.",
     "scriptgen.model.error": "A model file could not be loaded (file and problem named); the previous model keeps serving.",
     "scriptgen.session.connect": "A TCP connection was accepted, or a UDP source sent its first datagram.",
-    "scriptgen.session.closed": "A session ended: reason, duration, bytes in and out, requests matched.",
+    "scriptgen.session.closed": (
+        "A session ended: reason, duration, bytes in and out, requests matched. Reasons: "
+        "client_closed, connection_lost, server_close, server_reset, unmatched "
+        "(on_unmatched = close), idle_timeout, session_timeout, max_buffer_bytes, evicted "
+        "(made room at max_connections, or a UDP source at max_sources), send_error (UDP), "
+        "service_stopped (UDP); relayed ones: host_closed, relay_ended, proxy_* (docs/proxy.md)."
+    ),
     "scriptgen.request.matched": "A client request matched a transition: from state, transition index, target state, request hex, the answer sent (hex) and what the server does next (open, close, reset).",
     "scriptgen.request.unmatched": "No transition matched a request (reason, state, request hex, bounded); it is kept for the proxy.",
     "scriptgen.answer.sent": "At connect, the initial state's answer (a banner, hex) was sent, or the server closes at once; answers to requests are in scriptgen.request.matched.",
