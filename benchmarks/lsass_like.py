@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -41,6 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.emulator_support import Emulator  # noqa: E402
 from tests.lab.capture import Tcpdump, bpf_for  # noqa: E402
 from tests.lab.clients import run_client  # noqa: E402
 from tests.lab.servers import SambaServer  # noqa: E402
@@ -139,20 +138,12 @@ def serve_and_play(
     client = client or (lambda run: rpcclient(EMU, run["commands"], timeout=10))
     events = work / f"events-{deps}.json"
     events.unlink(missing_ok=True)
-    config = work / f"scriptgen-{deps}.ini"
-    config.write_text(
+    config = (
         f"[scriptgen]\nmodel_dir = {model_dir}\nlisten = {EMU}\nports = tcp/139\n"
         f"events = {events}\nreload_interval = 0\nrequest_settle = 0.05\n"
         f"on_unmatched = close\ncontent_dependencies = {'true' if deps else 'false'}\n"
     )
-    proc = subprocess.Popen(
-        [shutil.which("twistd") or "twistd", "-n", "--pidfile=", f"--logfile={work / 'twistd.log'}"]
-        + ["scriptgen", "--config", str(config)],
-        cwd=work,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        _wait_started(events, proc)
+    with Emulator.start(work, config, events, config_name=f"scriptgen-{deps}.ini"):
         result = Result(requests=[])
         for run in runs:
             before = _closed_sessions(events)
@@ -166,24 +157,6 @@ def serve_and_play(
                 result.completed += 1
                 result.same_output += out == run["stdout"]
         return result
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_started(events: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("twistd exited at start (see twistd.log)")
-        if events.exists() and "scriptgen.service.started" in events.read_text():
-            return
-        time.sleep(0.1)
-    raise SystemExit("emulator did not start")
 
 
 def _closed_sessions(events: Path) -> list[dict]:
