@@ -22,10 +22,6 @@ so absolute numbers vary between runs.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,6 +31,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.emulator_support import Emulator, stop_process  # noqa: E402
+
 HOST = "127.0.0.2"
 
 DATA_HOST = """
@@ -89,35 +89,15 @@ def spawn(code: str, *args: str) -> tuple[subprocess.Popen[str], int]:
     return proc, int(proc.stdout.readline())
 
 
-def start_scriptgen(tmp: Path, port: int, record: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_scriptgen(tmp: Path, port: int, record: int) -> tuple[Emulator, int]:
     (tmp / "models").mkdir()
     events = tmp / "events.json"
-    config = tmp / "scriptgen.ini"
-    config.write_text(
-        CONFIG.format(
-            models=tmp / "models",
-            port=port,
-            events=events,
-            host=HOST,
-            spool=tmp / "spool",
-            record=record,
-        )  # fmt: skip
-    )
-    twistd = shutil.which("twistd") or "twistd"
-    proc = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", f"--logfile={tmp / 'twistd.log'}", "scriptgen",
-         "--config", str(config)],
-        cwd=tmp, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    config = CONFIG.format(
+        models=tmp / "models", port=port, events=events, host=HOST, spool=tmp / "spool",
+        record=record,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if events.exists():
-            for line in events.read_text().splitlines():
-                e = json.loads(line)
-                if e["eventid"] == "scriptgen.service.started":
-                    return proc, next(iter(e["ports"].values()))
-        time.sleep(0.1)
-    raise SystemExit("scriptgen did not start: " + (tmp / "twistd.log").read_text()[-1000:])
+    emu = Emulator.start(tmp, config, events)
+    return emu, next(iter(emu.ports.values()))
 
 
 def download(port: int, expected: int) -> float:
@@ -153,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(pf)
             record = 1024 if args.no_record else size * 2
             sg, sg_port = start_scriptgen(Path(tmp), host_port, record)
-            procs.append(sg)
+            procs.append(sg.proc)
             download(pf_port, size)  # warm up both
             download(sg_port, size)
             times: dict[str, list[float]] = {"portforward": [], "scriptgen": []}
@@ -162,12 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 times["scriptgen"].append(download(sg_port, size))
         finally:
             for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                stop_process(p, timeout=10)
     rate = {k: size / statistics.median(v) for k, v in times.items()}
     print(f"relay speed: {args.mb} MB per download, {args.rounds} rounds, median")
     print(f"{'relay':<14} {'MB/s':>8} {'min s':>7} {'max s':>7}")
