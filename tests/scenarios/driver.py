@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,31 +26,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.emulator_support import Emulator
 from tests.lab.capture import Tcpdump
 from tests.lab.clients import DEFAULT_TIMEOUT, ClientResult, curl_ftp, ftp_cli, run_client
 from tests.lab.daemon import wait_tcp
 from tests.lab.servers import FtpServer
+from tests.scenarios.exploit_client import probe
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = "127.0.0.2"
 EMU = "127.0.0.1"
 EXPLOIT_PORT, SHELL_PORT = 9139, 4444
 FTP_PORT, DATA_PORT = 2121, 41000
-
-
-def probe(addr: str, port: int, source: str) -> str:
-    s = socket.socket()
-    s.settimeout(3)
-    try:
-        s.bind((source, 0))
-        s.connect((addr, port))
-        return "open"
-    except ConnectionRefusedError:
-        return "refused"
-    except OSError as e:
-        return f"error: {e}"
-    finally:
-        s.close()
 
 
 # --- phase 1: capture -------------------------------------------------------
@@ -167,52 +151,6 @@ session_timeout = 60
 """
 
 
-class Emulator:
-    """``twistd -n scriptgen`` as a subprocess; stopped by the PID it started."""
-
-    def __init__(self, out: Path, models: Path, ports: str, gate: str = "auto") -> None:
-        self.events = out / "events.json"
-        config = out / "scriptgen.ini"
-        config.write_text(
-            CONFIG.format(models=models, listen=EMU, ports=ports, events=self.events, gate=gate)
-        )
-        twistd = shutil.which("twistd") or "twistd"
-        self.proc = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", f"--logfile={out / 'twistd.log'}", "scriptgen"]
-            + ["--config", str(config)],
-            cwd=out,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.events.exists():
-            return []
-        return [json.loads(x) for x in self.events.read_text().splitlines() if x.strip()]
-
-    def wait(self, eventid: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.read():
-                if e["eventid"] == eventid:
-                    return e
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"emulator exited: {err[-2000:]}")
-            time.sleep(0.05)
-        raise RuntimeError(f"emulator: no {eventid} within {timeout}s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def emulate(
     out: Path,
     models: Path,
@@ -221,15 +159,13 @@ def emulate(
     one_round: Callable[[int], dict],
     gate: str = "auto",
 ) -> dict[str, Any]:
-    emu = Emulator(out, models, ports, gate)
-    try:
-        emu.wait("scriptgen.service.started")
-        ready = emu.wait("scriptgen.gate.ready", timeout=10)
+    events = out / "events.json"
+    config = CONFIG.format(models=models, listen=EMU, ports=ports, events=events, gate=gate)
+    with Emulator.start(out, config, events, timeout=20) as emu:
+        ready = emu.wait_event("scriptgen.gate.ready", timeout=10)
         results = [one_round(i) for i in range(rounds)]
         expired = expiry_check(emu)
-    finally:
-        emu.stop()
-    ids = [e["eventid"] for e in emu.read()]
+    ids = [e["eventid"] for e in emu.read_events()]
     return {
         "gate": {k: ready.get(k) for k in ("mechanism", "ports", "reason")},
         "rounds": results,
@@ -240,7 +176,7 @@ def emulate(
 
 def expiry_check(emu: Emulator) -> bool | None:
     """After the last signal ran out, its source is refused again."""
-    opened = [e for e in emu.read() if e["eventid"] == "scriptgen.gate.opened"]
+    opened = [e for e in emu.read_events() if e["eventid"] == "scriptgen.gate.opened"]
     if not opened:
         return None
     last = opened[-1]
@@ -249,7 +185,7 @@ def expiry_check(emu: Emulator) -> bool | None:
     while time.monotonic() < deadline:
         if any(
             e["eventid"] == "scriptgen.gate.expired" and e["src_ip"] == last["src_ip"]
-            for e in emu.read()
+            for e in emu.read_events()
         ):
             return probe(EMU, port, last["src_ip"]) == "refused"
         time.sleep(0.2)
