@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scriptgen import __version__
+from scriptgen.learn.answersplit import split_by_answer
 from scriptgen.learn.consolidate import consolidate
 from scriptgen.learn.content import infer_dependencies
 from scriptgen.learn.dialog import Dialog, DialogStats, group_dialogs
@@ -116,13 +117,16 @@ def learn_machine(
     analyser: Analyser | None = None,
     on_step: Callable[[StepReport], None] | None = None,
 ) -> int:
-    """Update ``machine`` with ``dialogs``, refine until stable, consolidate, infer the
-    content dependencies (from these dialogs: past ones are not kept); returns the step count."""
+    """Update ``machine`` with ``dialogs``, refine until stable, split transitions whose
+    answers a region's value predicts (scriptgen.learn.answersplit), consolidate, infer
+    the content dependencies (from these dialogs: past ones are not kept); returns the
+    step count."""
     learner = Learner(
         machine, analyser or default_analyser(options.region_options()), options.learn
     )
     learner.add(dialogs)
     steps = learner.refine(on_step)
+    split_by_answer(machine, dialogs)  # requests alike, answers not: split on the region
     consolidate(machine)
     infer_dependencies(machine, dialogs)
     return len(steps)

@@ -1,0 +1,158 @@
+"""Answer-aware microclustering: split a transition whose answers depend on a region's value.
+
+Region analysis clusters requests only, so requests that differ in one
+mutating region (a command word, an id looked up, a name) can share one
+transition and one state, while the server answered them differently:
+``PING`` and ``DBSIZE`` in ``*1\\r\\n$<1>\\r\\n<1..12>\\r\\n`` get one answer;
+a lookup of two different ids gets the answer of one. After refinement this
+pass replays the training dialogs, and for each transition looks for a
+mutating region whose recurring values predict the answer:
+
+* the requests are grouped by the region's value; only values seen in at
+  least ``min_group`` requests count (one sample cannot tell a server choice
+  from a per-connection id);
+* a group's *signature* is its answers' common length and the bytes that are
+  the same in all of them (bytes that vary within the group -- ids,
+  challenges, clocks -- are left out); two groups differ when their lengths
+  differ or a byte both hold constant differs;
+* the region whose differing groups cover most requests wins; each of its
+  differing groups becomes a sub-transition with the value fixed (more fixed
+  bytes: it beats the generic one) leading to a new state that has that
+  group's answers as evidence and the generic state's transitions (the
+  dialog continues as before: the machine becomes a DAG).
+
+The generic transition stays for values never seen. Nothing here knows a
+protocol.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from scriptgen.learn.dialog import Dialog
+from scriptgen.model import Machine, Pattern, Region, State, Transition
+
+MIN_GROUP = 2  # requests per value before its answers count as evidence
+MAX_VALUE_LEN = 256  # longer region values are payloads, not keys
+MAX_ANSWERS = 16  # distinct answers kept as evidence per new state (as the learner)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    request: bytes
+    match: object  # regex match of the transition's pattern
+    answer: bytes
+    end: str | None  # how the dialog ended right after this turn, if it did
+
+
+def split_by_answer(machine: Machine, dialogs: Iterable[Dialog], min_group: int = MIN_GROUP) -> int:
+    """Add sub-transitions where a region's value predicts the answer; returns how many."""
+    rows = _collect(machine, dialogs)
+    added = 0
+    for (sid, index), taken in sorted(rows.items(), key=lambda kv: kv[0]):
+        state = machine.states[sid]
+        transition = state.transitions[index]
+        choice = _best_region(transition.pattern, taken, min_group)
+        if choice is None:
+            continue
+        k, groups = choice
+        others = [r.request for (s, i), rs in rows.items() if s == sid and i != index for r in rs]
+        for value in sorted(groups):
+            added += _add(machine, state, transition, k, value, groups[value], others)
+    return added
+
+
+def _collect(machine: Machine, dialogs: Iterable[Dialog]) -> dict[tuple[int, int], list[_Row]]:
+    """Replay the dialogs: per (state id, transition index), the turns it took."""
+    rows: dict[tuple[int, int], list[_Row]] = defaultdict(list)
+    for dialog in dialogs:
+        state = machine.states[machine.root]
+        turns = dialog.suffix.turns
+        for n, turn in enumerate(turns):
+            hit = state.best_transition(turn.request)
+            if hit is None:
+                break
+            transition, match = hit
+            last = n == len(turns) - 1
+            end = (dialog.suffix.end.value if dialog.suffix.end else "client") if last else None
+            index = next(i for i, t in enumerate(state.transitions) if t is transition)
+            rows[(state.id, index)].append(_Row(turn.request, match, turn.answer, end))
+            state = machine.states[transition.target]
+    return rows
+
+
+def _best_region(
+    pattern: Pattern, rows: Sequence[_Row], min_group: int
+) -> tuple[int, dict[bytes, list[_Row]]] | None:
+    """The mutating region whose recurring values split the answers best, and its groups."""
+    best: tuple[int, int, dict[bytes, list[_Row]]] | None = None
+    for k, region in enumerate(pattern.regions):
+        if region.is_fixed:
+            continue
+        by_value: dict[bytes, list[_Row]] = defaultdict(list)
+        for row in rows:
+            value = row.request[row.match.start(k + 1) : row.match.end(k + 1)]  # type: ignore[attr-defined]
+            if 0 < len(value) <= MAX_VALUE_LEN:
+                by_value[value].append(row)
+        groups = {v: rs for v, rs in by_value.items() if len(rs) >= min_group}
+        if len(groups) < 2:
+            continue
+        sigs = {v: _signature([r.answer for r in rs]) for v, rs in groups.items()}
+        differing = {
+            v: groups[v] for v in groups if any(_differ(sigs[v], sigs[w]) for w in groups if w != v)
+        }
+        covered = sum(len(rs) for rs in differing.values())
+        if covered and (best is None or covered > best[1]):
+            best = (k, covered, differing)
+    return None if best is None else (best[0], best[2])
+
+
+def _signature(answers: Sequence[bytes]) -> tuple[int, dict[int, int]] | None:
+    """(length, {offset: byte} constant in every answer); None when lengths vary."""
+    length = len(answers[0])
+    if any(len(a) != length for a in answers):
+        return None
+    first = answers[0]
+    return length, {i: first[i] for i in range(length) if all(a[i] == first[i] for a in answers)}
+
+
+def _differ(a: tuple[int, dict[int, int]] | None, b: tuple[int, dict[int, int]] | None) -> bool:
+    if a is None or b is None:
+        return False  # a group whose answers vary in length says nothing reliable
+    if a[0] != b[0]:
+        return True
+    return any(b[1].get(i, byte) != byte for i, byte in a[1].items())
+
+
+def _add(
+    machine: Machine,
+    state: State,
+    generic: Transition,
+    k: int,
+    value: bytes,
+    rows: Sequence[_Row],
+    others: Sequence[bytes],
+) -> int:
+    """One sub-transition with region ``k`` fixed to ``value``; 0 when it would
+    duplicate a transition or take a request another transition takes now."""
+    regions = list(generic.pattern.regions)
+    regions[k] = Region(value)
+    pattern = Pattern(tuple(regions))
+    if any(t.pattern == pattern for t in state.transitions):
+        return 0
+    if any(pattern.fullmatch(r) is not None for r in others):
+        return 0
+    shared = machine.states[generic.target]
+    target = machine.new_state()
+    answers = Counter(r.answer for r in rows)
+    target.answers = dict(answers.most_common(MAX_ANSWERS))
+    target.samples = len(rows)
+    target.ends = dict(Counter(r.end for r in rows if r.end is not None))
+    target.transitions = [
+        Transition(t.pattern, t.target, t.samples, list(t.examples)) for t in shared.transitions
+    ]
+    examples = sorted({r.request for r in rows})[:8]
+    state.transitions.append(Transition(pattern, target.id, len(rows), examples))
+    return 1

@@ -1,0 +1,83 @@
+"""Answer-aware microclustering (scriptgen.learn.answersplit) on hand-made machines."""
+
+from __future__ import annotations
+
+from scriptgen.learn.answersplit import split_by_answer
+from scriptgen.learn.consolidate import consolidate
+from scriptgen.learn.dialog import Dialog
+from scriptgen.learn.phases import Learner
+from scriptgen.model import Machine, Pattern, Region, Suffix, Transition, Turn
+
+GENERIC = Pattern((Region(b"CMD "), Region.mutating(1, 8), Region(b"\r\n")))
+
+
+def machine_with_generic() -> Machine:
+    """Root --CMD <1..8>\\r\\n--> [1] --QUIT\\r\\n--> [2]: what region analysis gives
+    when the command word is a mutating region."""
+    m = Machine("tcp", 7000)
+    one, two = m.new_state(), m.new_state()
+    m.states[0].transitions.append(Transition(GENERIC, one.id))
+    one.transitions.append(Transition(Pattern.literal(b"QUIT\r\n"), two.id))
+    return m
+
+
+def dialog(word: bytes, answer: bytes) -> Dialog:
+    turns = (Turn(b"CMD " + word + b"\r\n", answer), Turn(b"QUIT\r\n", b"BYE\r\n"))
+    return Dialog("tcp", 7000, b"", Suffix(turns))
+
+
+def answer_to(m: Machine, word: bytes) -> tuple[bytes, list[bytes]]:
+    """(answer, what QUIT leads to) for one command, as the emulator would walk it."""
+    transition, _ = m.states[0].best_transition(b"CMD " + word + b"\r\n")
+    state = m.states[transition.target]
+    quit_hit = state.best_transition(b"QUIT\r\n")
+    return state.answer, [m.states[quit_hit[0].target].answer] if quit_hit else []
+
+
+def test_a_command_word_that_predicts_the_answer_gets_its_own_transition() -> None:
+    m = machine_with_generic()
+    dialogs = [dialog(b"PING", b"+PONG\r\n")] * 2 + [dialog(b"DBSIZE", b":10\r\n")] * 3
+    dialogs.append(dialog(b"ECHO", b"$1\r\n"))  # seen once: no evidence of its own
+    Learner(m, lambda requests: []).add(dialogs)  # the update phase's evidence
+    assert split_by_answer(m, dialogs) == 2
+    consolidate(m)
+    assert answer_to(m, b"PING")[0] == b"+PONG\r\n"
+    assert answer_to(m, b"DBSIZE")[0] == b":10\r\n"
+    assert answer_to(m, b"ECHO")[0] == b":10\r\n"  # the generic state: majority
+    assert answer_to(m, b"NEW")[0] == b":10\r\n"  # the generic parent still takes new words
+    # The dialog goes on after a split transition as after the generic one.
+    assert answer_to(m, b"PING")[1] == [b"BYE\r\n"]
+
+
+def test_answers_that_differ_only_by_a_per_connection_id_are_not_split() -> None:
+    m = machine_with_generic()
+    dialogs = [
+        dialog(b"PING", b"OK id=1\r\n"),
+        dialog(b"PING", b"OK id=2\r\n"),
+        dialog(b"SIZE", b"OK id=3\r\n"),
+        dialog(b"SIZE", b"OK id=4\r\n"),
+    ]
+    assert split_by_answer(m, dialogs) == 0
+    assert len(m.states[0].transitions) == 1
+
+
+def test_a_split_never_takes_requests_a_more_specific_sibling_takes() -> None:
+    m = machine_with_generic()
+    ping = m.new_state()
+    m.states[0].transitions.append(Transition(Pattern.literal(b"CMD PING\r\n"), ping.id))
+    dialogs = [dialog(b"PING", b"+PONG\r\n")] * 2 + [dialog(b"SIZE", b":10\r\n")] * 2
+    dialogs += [dialog(b"SET", b"+OK\r\n")] * 2
+    split_by_answer(m, dialogs)
+    fixed = [t.pattern for t in m.states[0].transitions]
+    assert fixed.count(Pattern.literal(b"CMD PING\r\n")) == 1  # still the literal's
+    assert Pattern((Region(b"CMD "), Region(b"SIZE"), Region(b"\r\n"))) in fixed
+
+
+def test_split_is_deterministic() -> None:
+    dialogs = [dialog(b"B", b"2\r\n")] * 2 + [dialog(b"A", b"1\r\n")] * 2
+    a, b = machine_with_generic(), machine_with_generic()
+    split_by_answer(a, dialogs)
+    split_by_answer(b, list(reversed(dialogs)))
+    assert [t.pattern for t in a.states[0].transitions] == [
+        t.pattern for t in b.states[0].transitions
+    ]
