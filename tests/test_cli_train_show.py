@@ -159,6 +159,13 @@ def test_train_port_and_jobs_options(tmp_path):
 def test_bad_option_values_are_refused(tmp_path):
     r = run_cli("train", "--jobs", "0", "--model-dir", str(tmp_path), str(capture("redis.pcap")))
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    for flag in ("--max-turns", "--max-bucket"):
+        r = run_cli("train", flag, "0", "--model-dir", str(tmp_path), str(capture("redis.pcap")))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, flag
+        assert r.stderr.startswith("scriptgen: bad option") and flag[2:].replace("-", "_") in (
+            r.stderr.replace("-", "_")
+        )
+    assert not any(tmp_path.iterdir())
 
 
 # -- show ------------------------------------------------------------------------

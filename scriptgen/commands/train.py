@@ -107,6 +107,8 @@ def _parse_bool(text: str) -> bool:
 def build_options(args: argparse.Namespace) -> Any:
     from scriptgen.learn.trainer import TrainOptions
 
+    if args.max_turns < 1:  # 0 would silently learn nothing from any conversation
+        raise ValueError("--max-turns must be at least 1")
     learn = LearnOptions(
         **{name: getattr(args, name) for name in LEARN_FLAGS},
         widen=not args.no_widen,
