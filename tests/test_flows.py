@@ -83,6 +83,18 @@ def test_udp_truncated_datagram_has_a_gap():
 # ------------------------------------------------------------ tracker
 
 
+def test_udp_datagrams_past_the_flow_bound_are_reported_not_silently_lost():
+    from scriptgen.trace.tcp import TcpLimits
+
+    segs = [dgram(1.0 + i, A, 5000, B, 53, b"x" * 100) for i in range(10)]
+    stats = TraceStats()
+    tracker = ConversationTracker(stats=stats, tcp_limits=TcpLimits(max_stream_bytes=500))
+    (c,) = tracker.run(segs)
+    assert len(c.messages) == 3  # 100 bytes + 64 of per-datagram cost each
+    assert stats.warnings["udp_flow_bound"] == 1
+    assert "7 datagrams" in stats.messages[0]
+
+
 def test_mixed_protocols_completion_order():
     w = Wire(t0=10.0)
     w.handshake()

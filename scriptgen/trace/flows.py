@@ -317,6 +317,11 @@ class ConversationTracker:
                 "tcp_out_of_window",
                 f"{conn.out_of_window} segments implausibly far ahead ignored",
             )
+        elif isinstance(conn, UdpFlow) and conn.dropped:
+            self.stats.warn(
+                "udp_flow_bound",
+                f"{conn.dropped} datagrams past the flow's byte bound not kept",
+            )
         (cip, cport), (sip, sport) = conn.client, conn.server
         self._out.append(
             Conversation(
