@@ -756,3 +756,5 @@ def test_property_lost_segment_becomes_exact_gap(msgs, cisn, seed, drop):
     assert gaps == [(stream_off, n)]
     gap_msg = [m for m in c.messages if m.gaps][0]
     assert gap_msg.direction == lost_dir
+    # in the very message that lost the bytes (before the answer that acknowledged them)
+    assert len(c.messages) == len(msgs) and c.messages[mi].gaps
