@@ -1,9 +1,10 @@
 """Training speed and memory: `python benchmarks/train_speed.py` prints one table.
 
 Cases: 10/100/1000 synthetic conversations with request sizes 100 B..4 KB,
-then the target case, 100 SMB/DCE-RPC conversations (the committed
-lsarpc139 capture, replicated; synthetic if absent), which should learn in
-under 5 s on a 2-core machine. Each case runs in a fresh process so its peak
+then the target case, 100 SMB/DCE-RPC conversations (the port-139
+conversations of the committed smb139 and lsarpc139 captures: 100 distinct
+ones; replicated only if fewer are there, synthetic if absent), which should
+learn in under 5 s on a 2-core machine. Each case runs in a fresh process so its peak
 RSS is its own; "peak MB" is that process's maximum resident set.
 """
 
@@ -26,7 +27,7 @@ from scriptgen.learn.trainer import TrainOptions, learn_machine  # noqa: E402
 from scriptgen.model import Machine  # noqa: E402
 from scriptgen.trace.types import Conversation, Direction, Endpoint, Message, Outcome  # noqa: E402
 
-LSARPC = REPO / "tests" / "data" / "captures" / "lsarpc139.pcap"
+SMB_CAPTURES = [REPO / "tests" / "data" / "captures" / n for n in ("smb139.pcap", "lsarpc139.pcap")]
 
 
 def synthetic(n: int, size: int, turns: int = 5, seed: int = 1) -> list[Conversation]:
@@ -67,7 +68,10 @@ def replicated_capture(n: int) -> tuple[list[Conversation], str]:
     try:
         from scriptgen.trace import read_conversations
 
-        base = [c for c in read_conversations(LSARPC) if c.server.port == 139]
+        # distinct real conversations first: copies of one dialog are easier (deduplicated)
+        base = [
+            c for path in SMB_CAPTURES for c in read_conversations(path) if c.server.port == 139
+        ]
     except Exception:  # noqa: BLE001 - benchmark falls back to synthetic data
         base = []
     if not base:
@@ -83,7 +87,8 @@ def replicated_capture(n: int) -> tuple[list[Conversation], str]:
                 messages=list(c.messages),
             )
         )
-    return out, f"lsarpc139.pcap x{-(-n // len(base))}"
+    copies = -(-n // len(base))
+    return out, "smb139+lsarpc139" + (f" x{copies}" if copies > 1 else "")
 
 
 def analysis():
