@@ -399,12 +399,7 @@ class Proxy:
 
     def attach(self, proto: Any) -> Tap:
         """A new client connection; goes straight to the host when its source has one."""
-        ip = proto.where.src_ip
-        source = self.sources.get(ip)
-        if source is None:
-            source = self.sources[ip] = Source(ip)
-        source.where = proto.where
-        source.last = self.clock.seconds()
+        source = self._seen(proto.where)
         tap = Tap(self, source, proto)
         source.taps.add(tap)
         if source.host is not None:
@@ -419,15 +414,19 @@ class Proxy:
 
     def attach_udp(self, client: Any) -> UdpTap:
         """A UDP flow the emulator started answering (no direct path here: see UdpProxy)."""
-        ip = client.where.src_ip
-        source = self.sources.get(ip)
-        if source is None:
-            source = self.sources[ip] = Source(ip)
-        source.where = client.where
-        source.last = self.clock.seconds()
+        source = self._seen(client.where)
         tap = UdpTap(self, source, client)
         source.taps.add(tap)
         return tap
+
+    def _seen(self, where: Any) -> Source:
+        """The source of ``where`` (created at its first flow, TCP or UDP), marked active now."""
+        source = self.sources.get(where.src_ip)
+        if source is None:
+            source = self.sources[where.src_ip] = Source(where.src_ip)
+        source.where = where
+        source.last = self.clock.seconds()
+        return source
 
     def detach(self, tap: Tap, mode: str) -> None:
         source = tap.source
