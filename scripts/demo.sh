@@ -21,11 +21,12 @@ echo "== installing scriptgen into .venv"
 .venv/bin/python -m pip install -q -e . --config-settings editable_mode=compat
 
 mkdir -p "$DEMO"
-if [ ! -f "$DEMO/models/tcp-6379.json" ]; then
-    echo "== training on the shipped captures (vsftpd, redis-server, dnsmasq)"
-    .venv/bin/scriptgen train --model-dir "$DEMO/models" --port 21 --port 6379 --port 53 \
-        "$CAPTURES/ftp.pcap" "$CAPTURES/redis.pcap" "$CAPTURES/dns.pcap"
-fi
+# Trained afresh every time (a few seconds; training is deterministic), so the
+# demo never serves a model left behind by an older scriptgen.
+echo "== training on the shipped captures (vsftpd, redis-server, dnsmasq)"
+rm -rf "$DEMO/models"
+.venv/bin/scriptgen train --model-dir "$DEMO/models" --port 21 --port 6379 --port 53 \
+    "$CAPTURES/ftp.pcap" "$CAPTURES/redis.pcap" "$CAPTURES/dns.pcap"
 
 cat > "$DEMO/scriptgen.ini" <<INI
 ; written by scripts/demo.sh; see etc/scriptgen.ini.dist for every key
