@@ -213,16 +213,7 @@ class EmulatorProtocol(Protocol):
     def _matched(self, step: Matched) -> None:
         target = step.target
         answer = self.answers.answer(target.id, target.answer, step.request, step.match)
-        self.runtime.events.emit(
-            "scriptgen.request.matched",
-            self.where,
-            state=step.state.id,
-            transition=step.rule.order,
-            target=target.id,
-            request=step.request,
-            answer=answer,
-            end=target.end.value,
-        )
+        self.runtime.request_matched(self.where, step, answer)
         if self.tap is not None:
             self.tap.emulated(step.request, answer)
         self._enter(target, answer)
@@ -283,15 +274,7 @@ class EmulatorProtocol(Protocol):
 
     def _unmatched(self, step: Unmatched) -> None:
         rt = self.runtime
-        rt.events.emit(
-            "scriptgen.request.unmatched",
-            self.where,
-            state=step.state.id,
-            reason=step.reason,
-            request=step.request,
-            policy=rt.config.on_unmatched,
-        )
-        rt.keep_unmatched(self.where, step.state.id, step.request)
+        rt.request_unmatched(self.where, step)
         if self.tap is not None and self.tap.proxy.take_over(self.tap, step.request):
             return  # the source's pool host answers from here on
         if rt.config.on_unmatched == "close":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from scriptgen.emulate.config import Config
+from scriptgen.emulate.dialog import Matched, Unmatched
 from scriptgen.emulate.eventlog import Endpoint, EventLog
 from scriptgen.emulate.limits import (
     Activity,
@@ -86,9 +87,37 @@ class Runtime:
             "scriptgen.limit.hit", where, limit=limit, value=value, suppressed=suppressed, **extra
         )
 
-    def keep_unmatched(self, where: Endpoint, state: int, request: bytes) -> None:
+    def request_matched(self, where: Endpoint, step: Matched, answer: bytes) -> None:
+        """Log a matched request; one place, so TCP and UDP log the same fields."""
+        target = step.target
+        self.events.emit(
+            "scriptgen.request.matched",
+            where,
+            state=step.state.id,
+            transition=step.rule.order,
+            target=target.id,
+            request=step.request,
+            answer=answer,
+            end=target.end.value,
+        )
+
+    def request_unmatched(self, where: Endpoint, step: Unmatched) -> None:
+        """Log an unmatched request and keep it for the learner (TCP and UDP alike)."""
+        self.events.emit(
+            "scriptgen.request.unmatched",
+            where,
+            state=step.state.id,
+            reason=step.reason,
+            request=step.request,
+            policy=self.config.on_unmatched,
+        )
         item = KeptRequest(
-            self.clock.seconds(), where.protocol, where.dst_port, where.session, state, request
+            self.clock.seconds(),
+            where.protocol,
+            where.dst_port,
+            where.session,
+            step.state.id,
+            step.request,
         )
         self.unmatched.keep(where.src_ip, item)
 

@@ -89,29 +89,12 @@ class EmulatorDatagramProtocol(DatagramProtocol):
             answer = target.answer
             if session.answers is not None:
                 answer = session.answers.answer(target.id, answer, step.request, step.match)
-            rt.events.emit(
-                "scriptgen.request.matched",
-                session.where,
-                state=step.state.id,
-                transition=step.rule.order,
-                target=step.target.id,
-                request=step.request,
-                answer=answer,
-                end=step.target.end.value,
-            )
+            rt.request_matched(session.where, step, answer)
             if self.proxy is not None:
                 self.proxy.udp.emulated(self, addr, session.where, machine, step.request, answer)
             self._answer(session, addr, answer)
             return
-        rt.events.emit(
-            "scriptgen.request.unmatched",
-            session.where,
-            state=step.state.id,
-            reason=step.reason,
-            request=step.request,
-            policy=rt.config.on_unmatched,
-        )
-        rt.keep_unmatched(session.where, step.state.id, step.request)
+        rt.request_unmatched(session.where, step)
         if self.proxy is not None and self.proxy.udp.unmatched(
             self, addr, session.where, machine, step.request
         ):
