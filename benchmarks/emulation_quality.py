@@ -3,6 +3,7 @@
     python benchmarks/emulation_quality.py [--protocols ftp,redis,dns,smb139,smb445,lsarpc139]
         [--train-runs 50] [--test-runs 20] [--seed S] [--addr 127.0.0.2] [--json OUT]
         [--option KEY=VALUE ...] [--deps both|on|off] [--no-repeat-real] [--work DIR]
+        [--train-option FLAG=VALUE ...] [--reuse] [--scriptgen-root DIR] [--client-timeout S]
 
 Per protocol (issue 4, "Must show"):
 
@@ -25,6 +26,12 @@ Per protocol (issue 4, "Must show"):
 For a failed run the table names the first differing output line and what
 the emulator's event log says about that run's sessions (requests matched,
 where and why a request was unmatched).
+
+``--reuse`` keeps the capture and real outcomes of an earlier run in --work
+(same addr, run counts, seed) and only retrains and replays: with
+``--scriptgen-root`` (an export of another commit, e.g. ``git archive``) it
+measures a learner or emulator change before/after on the same data.
+Results and failure analysis: docs/emulation-quality.md.
 
 Needs root (ports < 1024, tcpdump, useradd), the lab's servers and clients
 and twistd. Protocol knowledge (the normalisations) lives here, never in
