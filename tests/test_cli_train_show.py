@@ -166,6 +166,11 @@ def test_bad_option_values_are_refused(tmp_path):
             r.stderr.replace("-", "_")
         )
     assert not any(tmp_path.iterdir())
+    afile = tmp_path / "models"
+    afile.write_text("not a directory")
+    r = run_cli("train", "--model-dir", str(afile), str(capture("redis.pcap")))
+    assert r.returncode == 1 and r.stderr.strip().endswith("--model-dir is not a directory")
+    assert afile.read_text() == "not a directory"
 
 
 # -- show ------------------------------------------------------------------------

@@ -215,6 +215,10 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print("scriptgen: --jobs must be at least 1", file=sys.stderr)
         return 2
+    model_dir = Path(args.model_dir)
+    if model_dir.exists() and not model_dir.is_dir():  # else mkdir's bare "File exists"
+        print(f"scriptgen: {args.model_dir}: --model-dir is not a directory", file=sys.stderr)
+        return 1
     try:
         options = build_options(args)
     except (TypeError, ValueError) as e:
