@@ -135,7 +135,6 @@ def transition_labels(machine: Machine, dialogs, labeller) -> dict[tuple[int, in
 
 
 KNOWN_MIXES = {  # region analysis findings, reported; strict: a fix makes these XPASS -> fail
-    "redis": "INCR and INCRBY share a pattern ('INCR' then a mutating <0..4>)",
     "smb2": "rare SMB2 tree disconnect (0x04) and query info (0x10) requests are clustered together",
 }
 
@@ -156,7 +155,17 @@ def test_distinct_commands_take_distinct_transitions(case):
     mixed = {k: v for k, v in labels_of.items() if len(v) > 1 and v & keys}
     assert not mixed, f"transitions taken by requests of different commands: {mixed}"
     learned_keys = set().union(*labels_of.values()) & keys
-    assert len(learned_keys) >= 3, learned_keys
+    # Every key command gets its own transition, except where measured otherwise
+    # (a floor of 3 could never pass for redis's 2 keys, so its strict xfail
+    # could not notice a fix).
+    missing = keys - learned_keys
+    assert missing <= NOT_REACHED.get(case, set()), missing
+
+
+# Key commands measured to stay in buckets with the default options: FTP LIST
+# and RETR come late in varied sessions, where fewer than min_cluster_size
+# requests reach one state.
+NOT_REACHED = {"ftp": {"LIST", "RETR"}}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
