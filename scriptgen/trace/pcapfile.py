@@ -21,7 +21,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from scriptgen.trace.errors import TraceError, TraceStats
 
@@ -404,10 +404,14 @@ def _resync_pcap(r: _Reader, endian: str, hdrlen: int, div: int, prev_sec: int) 
             return sane(buf, q) >= 0
         return r.eof and q == len(buf)
 
-    skipped = _scan(r, keys, 2 if endian == "<" else 0, check)
+    return _resynced(r, start, _scan(r, keys, 2 if endian == "<" else 0, check), "record")
+
+
+def _resynced(r: _Reader, start: int, skipped: int, what: str) -> bool:
+    """Report a resync scan from ``start`` (pcap and pcapng alike); False: nothing left."""
     if skipped < 0:
         r.stats.warn(
-            "resync-failed", f"{r.name}: no plausible record after offset {start}; rest ignored"
+            "resync-failed", f"{r.name}: no plausible {what} after offset {start}; rest ignored"
         )
         return False
     r.stats.warn("resync", f"{r.name}: skipped {skipped} bytes from offset {start}")
@@ -500,13 +504,20 @@ def _parse_idb(buf: bytes, pos: int, blen: int, endian: str, r: _Reader) -> _Ifa
     return _Iface(linktype, divisor, offset, snaplen)
 
 
+def _ng_unpackers(endian: str) -> tuple[Any, Any, Any, Any]:
+    """Block header, EPB fields, EPB with its header, and u32, in one byte order."""
+    return (
+        struct.Struct(endian + "II").unpack_from,
+        struct.Struct(endian + "IIIII").unpack_from,
+        struct.Struct(endian + "7I").unpack_from,
+        struct.Struct(endian + "I").unpack_from,
+    )
+
+
 def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]:
     new = tuple.__new__
     ifaces: list[_Iface] = []
-    hdr = struct.Struct(endian + "II").unpack_from
-    epb = struct.Struct(endian + "IIIII").unpack_from
-    epb7 = struct.Struct(endian + "7I").unpack_from
-    u32 = struct.Struct(endian + "I").unpack_from
+    hdr, epb, epb7, u32 = _ng_unpackers(endian)
     n = nbytes = 0
     last_ts = 0.0
     buf, pos = r.buf, r.pos
@@ -564,8 +575,7 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
                     end = pos + blen
                 if u32(buf, end - 4)[0] != blen:
                     r.pos = pos
-                    stats.warn("bad-block", f"{r.name}: offset {r.offset}: block length mismatch")
-                    if not _resync_pcapng(r, endian):
+                    if not _skip_damage(r, endian, "block length mismatch"):
                         return
                     buf, pos = r.buf, r.pos
                     continue
@@ -596,26 +606,19 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
                         return
                 else:
                     endian = new_endian
-                    hdr = struct.Struct(endian + "II").unpack_from
-                    epb = struct.Struct(endian + "IIIII").unpack_from
-                    epb7 = struct.Struct(endian + "7I").unpack_from
-                    u32 = struct.Struct(endian + "I").unpack_from
+                    hdr, epb, epb7, u32 = _ng_unpackers(endian)
                     ifaces = []
                 buf, pos = r.buf, r.pos
                 continue
             if blen < 12 or blen & 3 or blen > MAX_BLOCK:
-                stats.warn("bad-block", f"{r.name}: offset {r.offset}: block length {blen}")
-                if not _resync_pcapng(r, endian):
+                if not _skip_damage(r, endian, f"block length {blen}"):
                     return
                 buf, pos = r.buf, r.pos
                 continue
             if btype in (_IDB, _PB, _SPB, _EPB):
                 limit = MAX_META_BLOCK if btype == _IDB else MAX_PACKET_BLOCK
                 if blen > limit:
-                    stats.warn(
-                        "bad-block", f"{r.name}: offset {r.offset}: block length {blen} too large"
-                    )
-                    if not _resync_pcapng(r, endian):
+                    if not _skip_damage(r, endian, f"block length {blen} too large"):
                         return
                     buf, pos = r.buf, r.pos
                     continue
@@ -628,8 +631,7 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
                     return
                 buf, pos = r.buf, r.pos
                 if u32(buf, pos + blen - 4)[0] != blen:
-                    stats.warn("bad-block", f"{r.name}: offset {r.offset}: block length mismatch")
-                    if not _resync_pcapng(r, endian):
+                    if not _skip_damage(r, endian, "block length mismatch"):
                         return
                     buf, pos = r.buf, r.pos
                     continue
@@ -650,8 +652,7 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
                     return
                 buf, pos = r.buf, r.pos
                 if u32(buf, pos + blen - 4)[0] != blen:
-                    stats.warn("bad-block", f"{r.name}: offset {r.offset}: block length mismatch")
-                    if not _resync_pcapng(r, endian):
+                    if not _skip_damage(r, endian, "block length mismatch"):
                         return
                     buf, pos = r.buf, r.pos
                     continue
@@ -662,8 +663,7 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
                 return
             buf, pos = r.buf, r.pos
             if u32(buf, pos)[0] != blen:
-                stats.warn("bad-block", f"{r.name}: offset {r.offset}: block length mismatch")
-                if not _resync_pcapng(r, endian):
+                if not _skip_damage(r, endian, "block length mismatch"):
                     return
                 buf, pos = r.buf, r.pos
                 continue
@@ -714,6 +714,12 @@ def _other_packet_block(
     return None
 
 
+def _skip_damage(r: _Reader, endian: str, what: str) -> bool:
+    """Report the damaged block at ``r.pos`` and resync past it; False: nothing left."""
+    r.stats.warn("bad-block", f"{r.name}: offset {r.offset}: {what}")
+    return _resync_pcapng(r, endian)
+
+
 def _resync_pcapng(r: _Reader, endian: str) -> bool:
     """Find the next block that looks whole (known type, sane length, matching trailer)."""
     start = r.offset
@@ -730,11 +736,4 @@ def _resync_pcapng(r: _Reader, endian: str) -> bool:
             return False
         return u32(buf, p + blen - 4)[0] == blen
 
-    skipped = _scan(r, keys, 0, check)
-    if skipped < 0:
-        r.stats.warn(
-            "resync-failed", f"{r.name}: no plausible block after offset {start}; rest ignored"
-        )
-        return False
-    r.stats.warn("resync", f"{r.name}: skipped {skipped} bytes from offset {start}")
-    return True
+    return _resynced(r, start, _scan(r, keys, 0, check), "block")
