@@ -564,12 +564,7 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
                     stats.bytes_read += nbytes
                     n = nbytes = 0
                     r.pos = pos
-                    if not r.fill(blen):
-                        stats.warn(
-                            "truncated-record",
-                            f"{r.name}: last block at offset {r.offset} cut short "
-                            f"({r.remaining} of {blen} bytes)",
-                        )
+                    if not _fill_block(r, blen):
                         return
                     buf, pos = r.buf, r.pos
                     end = pos + blen
@@ -622,12 +617,7 @@ def _iter_pcapng(r: _Reader, stats: TraceStats, endian: str) -> Iterator[Record]
                         return
                     buf, pos = r.buf, r.pos
                     continue
-                if not r.fill(blen):
-                    stats.warn(
-                        "truncated-record",
-                        f"{r.name}: last block at offset {r.offset} cut short "
-                        f"({r.remaining} of {blen} bytes)",
-                    )
+                if not _fill_block(r, blen):
                     return
                 buf, pos = r.buf, r.pos
                 if u32(buf, pos + blen - 4)[0] != blen:
@@ -712,6 +702,17 @@ def _other_packet_block(
     # an EPB that failed the fast path's size test (blen < 32)
     r.stats.warn("bad-block", f"{r.name}: offset {r.offset}: enhanced packet block too short")
     return None
+
+
+def _fill_block(r: _Reader, blen: int) -> bool:
+    """Make the whole block at ``r.pos`` readable; False (reported) when the file ends first."""
+    if r.fill(blen):
+        return True
+    r.stats.warn(
+        "truncated-record",
+        f"{r.name}: last block at offset {r.offset} cut short ({r.remaining} of {blen} bytes)",
+    )
+    return False
 
 
 def _skip_damage(r: _Reader, endian: str, what: str) -> bool:
