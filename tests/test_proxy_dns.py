@@ -12,10 +12,10 @@ import time
 import pytest
 
 from scriptgen.trace import read_conversations
+from tests.emulator_support import TWISTD
 from tests.lab import clients
 from tests.lab.servers import DnsServer
 from tests.proxy_support import POOL, Emulator, start_emulator, stop_emulator, tracebacks
-from tests.test_emulate_integration import TWISTD
 
 pytestmark = [
     pytest.mark.integration,

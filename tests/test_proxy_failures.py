@@ -17,8 +17,8 @@ import pytest
 
 from scriptgen.model import save_machine
 from scriptgen.trace import Direction, read_conversations
+from tests.emulator_support import TWISTD
 from tests.proxy_support import Emulator, FakeHost, start_emulator, stop_emulator, tracebacks
-from tests.test_emulate_integration import TWISTD
 from tests.test_emulate_support import line_machine
 
 pytestmark = [

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.emulator_support import TWISTD
 from tests.lab import clients
 from tests.lab.servers import RedisServer
 from tests.proxy_support import (
@@ -25,7 +26,6 @@ from tests.proxy_support import (
     stop_emulator,
     tracebacks,
 )
-from tests.test_emulate_integration import TWISTD
 
 pytestmark = [
     pytest.mark.integration,

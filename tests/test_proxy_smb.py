@@ -11,10 +11,10 @@ import time
 
 import pytest
 
+from tests.emulator_support import TWISTD
 from tests.lab import clients
 from tests.lab.servers import SambaServer
 from tests.proxy_support import POOL, Emulator, start_emulator, stop_emulator, tracebacks
-from tests.test_emulate_integration import TWISTD
 
 pytestmark = [
     pytest.mark.integration,
