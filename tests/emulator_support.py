@@ -69,6 +69,18 @@ def spawn_twistd(workdir: Path, config: Path, root: Path = ROOT) -> subprocess.P
         )
 
 
+def run_twistd(workdir: Path, config: Path, root: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run twistd to its exit with its log on stdout: for start-ups that must fail."""
+    return subprocess.run(
+        [TWISTD or "twistd", "-n", "--pidfile=", "scriptgen", "--config", str(config)],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 @dataclass
 class Emulator:
     """A running emulator process and its event log."""

@@ -21,7 +21,7 @@ import pytest
 
 from scriptgen.emulate.events import CATALOGUE
 from scriptgen.model import save_machine
-from tests.emulator_support import ROOT, TWISTD, Emulator
+from tests.emulator_support import TWISTD, Emulator, run_twistd
 from tests.test_emulate_support import line_machine
 
 pytestmark = [
@@ -308,15 +308,7 @@ def test_sighup_reloads_and_bad_model_keeps_old(tmp_path: Path) -> None:
 def test_bad_config_stops_startup_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "bad.ini"
     config.write_text("[limits]\nidle_timeout = abc\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "scriptgen", "--config", str(config)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_twistd(tmp_path, config)
     assert proc.returncode == 1
     assert (
         proc.stderr == f"scriptgen: config {config}: [limits] idle_timeout: not a number: 'abc'\n"
@@ -338,14 +330,7 @@ def test_no_port_bound_stops_startup_with_one_line(tmp_path: Path) -> None:
             f"[scriptgen]\nmodel_dir = {models}\nlisten = 127.0.0.1\n"
             f"ports = tcp/7000={port}\nevents = {tmp_path / 'events.json'}\n"
         )
-        proc = subprocess.run(
-            [TWISTD, "-n", "--pidfile=", "scriptgen", "--config", str(config)],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        proc = run_twistd(tmp_path, config)
     assert proc.returncode == 1
     out = proc.stdout + proc.stderr
     assert f"scriptgen: no port could be bound (tcp/7000={port} on 127.0.0.1)" in out

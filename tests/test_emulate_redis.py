@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.test_emulate_integration import ROOT, TWISTD, Server, connect, stop_server
+from tests.emulator_support import ROOT, TWISTD
+from tests.test_emulate_integration import Server, connect, stop_server
 
 CAPTURES = ROOT / "tests" / "data" / "captures"
 REDIS_CLI = shutil.which("redis-cli")
