@@ -36,8 +36,8 @@ def answer_to(m: Machine, word: bytes) -> tuple[bytes, list[bytes]]:
 
 def test_a_command_word_that_predicts_the_answer_gets_its_own_transition() -> None:
     m = machine_with_generic()
-    dialogs = [dialog(b"PING", b"+PONG\r\n")] * 2 + [dialog(b"DBSIZE", b":10\r\n")] * 3
-    dialogs.append(dialog(b"ECHO", b"$1\r\n"))  # seen once: no evidence of its own
+    dialogs = [dialog(b"PING", b"+PONG\r\n")] * 3 + [dialog(b"DBSIZE", b":10\r\n")] * 4
+    dialogs += [dialog(b"ECHO", b"$1\r\n")] * 2  # seen twice: no evidence of its own
     Learner(m, lambda requests: []).add(dialogs)  # the update phase's evidence
     assert split_by_answer(m, dialogs) == 2
     consolidate(m)
@@ -51,12 +51,8 @@ def test_a_command_word_that_predicts_the_answer_gets_its_own_transition() -> No
 
 def test_answers_that_differ_only_by_a_per_connection_id_are_not_split() -> None:
     m = machine_with_generic()
-    dialogs = [
-        dialog(b"PING", b"OK id=1\r\n"),
-        dialog(b"PING", b"OK id=2\r\n"),
-        dialog(b"SIZE", b"OK id=3\r\n"),
-        dialog(b"SIZE", b"OK id=4\r\n"),
-    ]
+    dialogs = [dialog(b"PING", b"OK id=%d\r\n" % i) for i in range(3)]
+    dialogs += [dialog(b"SIZE", b"OK id=%d\r\n" % i) for i in range(3, 6)]
     assert split_by_answer(m, dialogs) == 0
     assert len(m.states[0].transitions) == 1
 
@@ -65,8 +61,8 @@ def test_a_split_never_takes_requests_a_more_specific_sibling_takes() -> None:
     m = machine_with_generic()
     ping = m.new_state()
     m.states[0].transitions.append(Transition(Pattern.literal(b"CMD PING\r\n"), ping.id))
-    dialogs = [dialog(b"PING", b"+PONG\r\n")] * 2 + [dialog(b"SIZE", b":10\r\n")] * 2
-    dialogs += [dialog(b"SET", b"+OK\r\n")] * 2
+    dialogs = [dialog(b"PING", b"+PONG\r\n")] * 3 + [dialog(b"SIZE", b":10\r\n")] * 3
+    dialogs += [dialog(b"SET", b"+OK\r\n")] * 3
     split_by_answer(m, dialogs)
     fixed = [t.pattern for t in m.states[0].transitions]
     assert fixed.count(Pattern.literal(b"CMD PING\r\n")) == 1  # still the literal's
@@ -74,7 +70,7 @@ def test_a_split_never_takes_requests_a_more_specific_sibling_takes() -> None:
 
 
 def test_split_is_deterministic() -> None:
-    dialogs = [dialog(b"B", b"2\r\n")] * 2 + [dialog(b"A", b"1\r\n")] * 2
+    dialogs = [dialog(b"B", b"2\r\n")] * 3 + [dialog(b"A", b"1\r\n")] * 3
     a, b = machine_with_generic(), machine_with_generic()
     split_by_answer(a, dialogs)
     split_by_answer(b, list(reversed(dialogs)))

@@ -9,8 +9,9 @@ pass replays the training dialogs, and for each transition looks for a
 mutating region whose recurring values predict the answer:
 
 * the requests are grouped by the region's value; only values seen in at
-  least ``min_group`` requests count (one sample cannot tell a server choice
-  from a per-connection id);
+  least ``min_group`` (3) requests count (one sample cannot tell a server
+  choice from a per-connection id, and the new state must be able to prove
+  its own content dependencies);
 * a group's *signature* is its answers' common length and the bytes that are
   the same in all of them (bytes that vary within the group -- ids,
   challenges, clocks -- are left out); two groups differ when their lengths
@@ -34,7 +35,10 @@ from dataclasses import dataclass
 from scriptgen.learn.dialog import Dialog
 from scriptgen.model import Machine, Pattern, Region, State, Transition
 
-MIN_GROUP = 2  # requests per value before its answers count as evidence
+# Requests per value before its answers count as evidence; also what a new state
+# needs to prove its own content dependencies (ContentOptions.min_samples): with
+# fewer, ids it should echo stay learned constants (dig: "ID mismatch").
+MIN_GROUP = 3
 MAX_VALUE_LEN = 256  # longer region values are payloads, not keys
 MAX_ANSWERS = 16  # distinct answers kept as evidence per new state (as the learner)
 
