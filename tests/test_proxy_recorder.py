@@ -10,11 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from scriptgen.emulate.recorder import Spool
+from scriptgen.emulate.recorder import Recording, Spool
 from scriptgen.trace import Direction, Outcome, read_conversations
 
 
-def record(spool: Spool, client: tuple[str, int], big: bytes = b"") -> Path:
+def finished(rec: Recording) -> Path:
+    """The pending path of a recording finished inline (a spool whose writer was not started)."""
+    box: list = []
+    rec.finish().addBoth(box.append)
+    [done] = box
+    assert isinstance(done, Path), done
+    return done
+
+
+def record(spool: Spool, client: tuple[str, int], big: bytes = b"") -> tuple[Path, Recording]:
     rec = spool.new(client[0], "127.0.0.2")
     t = time.time()
     server = ("::1" if ":" in client[0] else "127.0.0.1", 6379)
@@ -31,7 +40,7 @@ def record(spool: Spool, client: tuple[str, int], big: bytes = b"") -> Path:
 def test_recording_reads_back_as_the_client_saw_it(tmp_path: Path, client) -> None:
     spool = Spool(tmp_path)
     _part, rec = record(spool, client, big=b"x" * 100_000)
-    done = rec.finish()
+    done = finished(rec)
     assert spool.pending() == [done]
     [conv] = list(read_conversations(done))
     assert conv.client.ip == client[0] and conv.client.port == client[1]
@@ -48,7 +57,7 @@ def test_recording_reads_back_as_the_client_saw_it(tmp_path: Path, client) -> No
 def test_a_half_written_file_is_recovered_as_pending(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     part, rec = record(spool, ("127.0.0.9", 40000))
-    rec.f.close()  # as after kill -9: no finish(), the .part file stays
+    spool.stop()  # as after kill -9: no finish(), the .part file stays
     with open(part, "ab") as f:
         f.write(b"\x01\x02\x03")  # a torn last record
     spool2 = Spool(tmp_path)
@@ -66,7 +75,7 @@ def test_a_half_written_file_is_recovered_as_pending(tmp_path: Path) -> None:
 def test_tshark_reads_the_recording_without_complaint(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     _part, rec = record(spool, ("127.0.0.9", 40000))
-    done = rec.finish()
+    done = finished(rec)
     out = subprocess.run(
         [
             "tshark",

@@ -571,25 +571,39 @@ class Proxy:
         if host is not None:
             self.pool.release(host)
         rec, source.recording = source.recording, None
-        path = None
-        if rec is not None:
-            try:
-                path = rec.finish()
-                self.spool.log("pending", path.name, source=source.ip)
-            except OSError as e:
-                self.emit("scriptgen.proxy.learn_failed", source.where, error=str(e))
-        self.emit(
-            "scriptgen.proxy.released",
-            source.where,
-            host=host,
-            reason=reason,
-            flows=rec.flows if rec else 0,
-            truncated=bool(rec and rec.truncated),
-            recording=path.name if path else None,
-        )
         if not source.taps:
             self.sources.pop(source.ip, None)
-        if path is not None and rec is not None and rec.flows and learn:
+        where = source.where
+        if rec is None:
+            self.emit("scriptgen.proxy.released", where, host=host, reason=reason, flows=0,
+                      truncated=False, incomplete=False, dropped_bytes=0,
+                      recording=None)  # fmt: skip
+            return
+        # The writer thread fsyncs and renames; only then is the file pending and learnable.
+        d = rec.finish()
+        d.addBoth(self._pending, rec, where, host, reason, learn)
+
+    def _pending(
+        self, result: Any, rec: Recording, where: Any, host: str | None, reason: str, learn: bool
+    ) -> None:
+        """The recording's data is on disk and renamed (or the disk failed): report, learn."""
+        path = None
+        if isinstance(result, Failure):
+            self.emit("scriptgen.proxy.learn_failed", where, error=result.getErrorMessage())
+        else:
+            path = result
+        self.emit(
+            "scriptgen.proxy.released",
+            where,
+            host=host,
+            reason=reason,
+            flows=rec.flows,
+            truncated=rec.truncated,
+            incomplete=rec.incomplete or rec.error is not None,
+            dropped_bytes=rec.dropped,
+            recording=path.name if path else None,
+        )
+        if path is not None and rec.flows and learn:
             self.submit([path])
 
     def stop(self) -> None:

@@ -11,15 +11,21 @@ port the emulator served on (``tcp/21=2121`` records port 21).
 
 Life of a recording (one file per source allocation), in the spool dir::
 
-    <name>.pcap.part   being written; every packet flushed to the OS at once
+    <name>.pcap.part   being written; packets reach the OS as soon as the writer runs
     <name>.pcap        closed (source released), pending: waiting to be learned
     learned/<name>.pcap  learned and kept for the analyst
     failed/<name>.pcap   the learner could not use it (kept, never retried)
 
-``index.jsonl`` in the spool dir logs every transition for humans; the
-directory itself is the source of truth. After ``kill -9`` a ``.part`` file
-is complete up to its last flushed packet: ``recover`` closes it (renames it
-to ``.pcap``) and it is learned like any other pending file.
+No file is touched on the reactor thread: packets are built there and queued
+(bounded in bytes) to one writer thread (``SpoolWriter``) that writes,
+flushes, fsyncs, renames and appends to the index, in queue order. A
+recording becomes pending (``finish``'s Deferred fires) only after its data
+was written and fsynced and the file renamed. ``index.jsonl`` in the spool
+dir logs every transition for humans; the directory itself is the source of
+truth. After ``kill -9`` a ``.part`` file is complete up to the last packet
+the writer had handled (what was still queued is lost: normally
+milliseconds' worth): ``recover`` closes it (renames it to ``.pcap``) and it
+is learned like any other pending file.
 """
 
 from __future__ import annotations
@@ -29,10 +35,14 @@ import os
 import secrets
 import socket
 import struct
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from twisted.internet.defer import Deferred, succeed
 
 LINKTYPE_RAW = 101  # raw IPv4/IPv6 packets, no link header
 _SNAPLEN = 262144
@@ -40,6 +50,7 @@ _CHUNK = 65000  # payload bytes per synthesized segment (IP total length stays <
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 PART, DONE = ".pcap.part", ".pcap"
+QUEUE_BYTES = 32 * 1024 * 1024  # packet bytes waiting for the writer thread, at most
 
 
 def _sum16(data: bytes) -> int:
@@ -111,25 +122,32 @@ def tcp_packet(
 
 
 class PcapWriter:
-    """A classic pcap file (microsecond stamps, raw IP) flushed after every packet."""
+    """Formats classic pcap records (microsecond stamps, raw IP) and hands them to a sink.
 
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.bytes = 0
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, _SNAPLEN, LINKTYPE_RAW))
-        f.flush()
+    The sink (the spool's writer queue) may refuse a record: then this writer
+    refuses everything after it too, so the file stays a clean prefix of the
+    dialog (no hole in the middle of a flow)."""
 
-    def write(self, ts: float, headers: bytes, payload: bytes = b"") -> None:
-        if self.f.closed:
-            return  # the recording was finished (source released) before this flow ended
+    HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, _SNAPLEN, LINKTYPE_RAW)
+
+    def __init__(self, sink: Callable[[tuple[bytes, ...]], bool]) -> None:
+        self.sink = sink
+        self.bytes = 0  # records queued (the file header is not counted)
+        self.closed = False
+
+    def write(self, ts: float, headers: bytes, payload: bytes = b"") -> bool:
+        """Queue one packet; False when it was not (recording finished or queue full)."""
+        if self.closed:
+            return False  # finished (source released) before this flow ended, or refused
         sec = int(ts)
         usec = min(int((ts - sec) * 1_000_000), 999_999)
         n = len(headers) + len(payload)
-        self.f.write(struct.pack("<IIII", sec, usec, n, n) + headers)
-        if payload:
-            self.f.write(payload)
-        self.f.flush()  # on the OS's side at once: kill -9 loses nothing written so far
+        record = struct.pack("<IIII", sec, usec, n, n) + headers
+        if not self.sink((record, payload) if payload else (record,)):
+            self.closed = True
+            return False
         self.bytes += 16 + n
+        return True
 
 
 class Flow:
@@ -148,10 +166,10 @@ class Flow:
         self.seq[1] += 1
         self._packet(0, ts, ACK, b"")
 
-    def _packet(self, side: int, ts: float, flags: int, payload: bytes, ack: bool = True) -> None:
+    def _packet(self, side: int, ts: float, flags: int, payload: bytes, ack: bool = True) -> bool:
         acknum = self.seq[1 - side] if ack else 0
         headers = self.sides[side].headers(self.seq[side], acknum, flags, payload)
-        self.w.write(ts, headers, payload)
+        return self.w.write(ts, headers, payload)
 
     def data(self, from_server: bool, payload: bytes, ts: float) -> None:
         """Bytes one side sent (0 = client, 1 = server), cut into segments."""
@@ -161,7 +179,8 @@ class Flow:
         view = memoryview(payload)
         for i in range(0, len(payload), _CHUNK):
             chunk = bytes(view[i : i + _CHUNK]) if len(payload) > _CHUNK else payload
-            self._packet(side, ts, PSH | ACK, chunk)
+            if not self._packet(side, ts, PSH | ACK, chunk):
+                return  # refused: the recording ends here (sequence numbers stay consistent)
             self.seq[side] += len(chunk)
 
     def close(self, ts: float, by_server: bool = False, reset: bool = False) -> None:
@@ -221,18 +240,50 @@ def udp_headers(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> b
 class Recording:
     """The pcap of one source allocation, written as the dialogs happen.
 
-    ``max_bytes`` bounds the file: beyond it new data is not written (the
-    conversation still ends cleanly) and ``truncated`` says so.
+    Everything here runs on the reactor thread and touches no file: packets
+    go to the spool's writer queue. ``max_bytes`` bounds the file: beyond it
+    new data is not written (the conversation still ends cleanly) and
+    ``truncated`` says so. ``incomplete``: the writer queue was full (or the
+    disk failed), so the file stops at that point, like a file cut by a crash.
     """
 
-    def __init__(self, path: Path, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        disk: SpoolWriter,
+        source: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.disk = disk
+        self.source = source
         self.clock = clock
-        self.f = open(path, "wb")  # noqa: SIM115 -- closed by finish()
-        self.writer = PcapWriter(self.f)
         self.truncated = False
+        self.incomplete = False  # reactor thread: a record was refused (queue full)
+        self.dropped = 0  # bytes refused for this recording (reactor thread)
+        self.error: str | None = None  # writer thread: the disk failed (read after finish)
         self.flows = 0
+        self.writer = PcapWriter(self._sink)
+        disk.submit(("open", self, PcapWriter.HEADER))
+
+    def _sink(self, parts: tuple[bytes, ...]) -> bool:
+        if self.disk.write(self, parts):
+            return True
+        self._stop_here(sum(map(len, parts)))
+        return False
+
+    def _stop_here(self, n: int) -> None:
+        """The writer queue is full: the file ends here (a clean prefix), said once."""
+        self.dropped += n
+        self.writer.closed = True
+        if not self.incomplete:
+            self.incomplete = True
+            self.disk.warn(
+                f"scriptgen: spool {self.path.name}: writer queue full "
+                f"({self.disk.queue_bytes} bytes); recording stops here (incomplete)"
+            )
 
     def flow(self, client: tuple[str, int], server: tuple[str, int]) -> Flow:
         self.flows += 1
@@ -243,36 +294,306 @@ class Recording:
         return UdpFlow(self.writer, client, server)
 
     def room(self, n: int) -> bool:
+        """Whether ``n`` more bytes may be recorded (size bound, then writer queue)."""
         if self.writer.bytes + n > self.max_bytes:
             self.truncated = True
             return False
+        if self.writer.closed:
+            return False
+        if not self.disk.has_room(n):
+            self._stop_here(n)
+            return False
         return True
 
-    def finish(self) -> Path:
-        """fsync, close, and rename ``.pcap.part`` → ``.pcap`` (now pending)."""
-        if not self.f.closed:
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
-        done = self.path.with_name(self.path.name[: -len(PART)] + DONE)
-        os.replace(self.path, done)
-        return done
+    def done_path(self) -> Path:
+        return self.path.with_name(self.path.name[: -len(PART)] + DONE)
+
+    def finish(self) -> Deferred[Path]:
+        """Queue: fsync, close, rename ``.pcap.part`` -> ``.pcap`` (now pending), index it.
+
+        The Deferred fires on the reactor thread once all that is done (with
+        the pending path), or fails with the OSError; only then may the
+        recording be learned."""
+        self.writer.closed = True  # packets of flows still open are not written
+        d: Deferred[Path] = Deferred()
+        self.disk.submit(("finish", self, d))
+        return d
+
+
+_STOP = object()
+_Op = tuple[Any, ...]
+
+
+def _open_file(path: Path, mode: str) -> BinaryIO:
+    return open(path, mode)  # noqa: SIM115 -- the writer closes it
+
+
+class SpoolWriter:
+    """Every file operation of the spool, in order, on one thread.
+
+    Why a thread: the reactor must never wait for a disk (a slow or stalled
+    disk would freeze every connection); compare ``eventlog.EventLog``. The
+    reactor only appends to a deque (atomic under the GIL, no lock) bounded
+    in bytes of packet data; control operations (open, finish, index lines,
+    moves) are few and not counted. The thread is woken at once, so the
+    queue is normally drained within milliseconds: that is what ``kill -9``
+    can lose. Results come back through ``call_from_thread`` (the reactor's
+    ``callFromThread``), so Deferreds fire on the reactor thread.
+
+    Before ``start`` (command-line tools, tests), operations run inline in
+    the caller's thread, with the same effects and order.
+    """
+
+    def __init__(
+        self,
+        queue_bytes: int,
+        opener: Callable[[Path, str], BinaryIO] = _open_file,
+        warn: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.queue_bytes = queue_bytes
+        self.opener = opener
+        self.warn = warn
+        self._ops: deque[Any] = deque()
+        self._in = 0  # packet bytes queued, ever (reactor thread only)
+        self._out = 0  # packet bytes handled, ever (writer thread only)
+        self.dropped = 0  # packet bytes refused because the queue was full (reactor thread)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._call: Callable[..., Any] = lambda f, *a: f(*a)
+        self._stopped: Deferred[None] | None = None
+        self._files: dict[Recording, BinaryIO] = {}  # the writer's (or inline caller's) only
+
+    # --- reactor side ---
+
+    @property
+    def queued(self) -> int:
+        """Packet bytes waiting for the writer thread."""
+        return self._in - self._out
+
+    def has_room(self, n: int) -> bool:
+        if self._thread is None or self.queued + n <= self.queue_bytes:
+            return True
+        self.dropped += n
+        return False
+
+    def write(self, rec: Recording, parts: tuple[bytes, ...]) -> bool:
+        """Queue packet bytes for ``rec``'s file; False (nothing queued) when full."""
+        n = sum(map(len, parts))
+        if not self.has_room(n):
+            return False
+        parts = tuple(p if type(p) is bytes else bytes(p) for p in parts)  # immutable copies
+        self._in += n
+        self.submit(("write", rec, parts, n))
+        return True
+
+    def submit(self, op: _Op) -> None:
+        if self._thread is None:
+            self._handle([op])
+            return
+        self._ops.append(op)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def start(self, call_from_thread: Callable[..., Any]) -> None:
+        if self._thread is not None:
+            return
+        self._call = call_from_thread
+        self._thread = threading.Thread(target=self._run, name="scriptgen-spool", daemon=True)
+        self._thread.start()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is on the OS's side (tests)."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self.submit(("marker", done))
+        return done.wait(timeout)
+
+    def stop(self) -> Deferred[None]:
+        """Write everything queued, close files left open (they stay ``.part``), end the thread.
+
+        Fires on the reactor thread once the thread is done."""
+        if self._thread is None:
+            self._close_all()
+            return succeed(None)
+        if self._stopped is None:
+            self._stopped = Deferred()
+            self._ops.append(_STOP)
+            self._wake.set()
+        return self._stopped
+
+    def _ended(self) -> None:
+        self._thread = None
+        self._call = lambda f, *a: f(*a)
+        stopped, self._stopped = self._stopped, None
+        left = list(self._ops)  # queued after the thread's last look: written inline now
+        self._ops.clear()
+        self._handle([op for op in left if op is not _STOP])
+        if stopped is not None:
+            stopped.callback(None)
+
+    # --- writer thread ---
+
+    def _run(self) -> None:
+        stopping = False
+        while True:
+            if not stopping:
+                self._wake.wait()
+            self._wake.clear()
+            batch = []
+            while self._ops:
+                batch.append(self._ops.popleft())
+            stopping = self._handle(batch) or stopping
+            if stopping and not self._ops:
+                break
+        self._close_all()
+        self._call(self._ended)
+
+    def _handle(self, batch: list[Any]) -> bool:
+        """Run a batch of operations in order; consecutive packets are written together."""
+        stop = False
+        touched: set[Recording] = set()
+        for op in batch:
+            if op is _STOP:
+                stop = True
+                continue
+            try:
+                if op[0] == "write":
+                    self._out += op[3]
+                    self._append(op[1], op[2])
+                    touched.add(op[1])
+                else:
+                    self._flush(touched)
+                    touched.clear()
+                    self._control(op)
+            except Exception as e:  # noqa: BLE001 -- the writer must survive anything
+                self.warn(f"scriptgen: spool writer: {type(e).__name__}: {e}")
+        self._flush(touched)
+        return stop
+
+    def _control(self, op: _Op) -> None:
+        kind = op[0]
+        if kind == "open":
+            self._open(op[1], op[2])
+        elif kind == "finish":
+            self._finish(op[1], op[2])
+        elif kind == "log":
+            self._log(op[1], op[2])
+        elif kind == "move":
+            os.replace(op[1], op[2])
+            self._log(op[3], op[4])
+        elif kind == "marker":
+            op[1].set()
+
+    def _open(self, rec: Recording, header: bytes) -> None:
+        try:
+            f = self.opener(rec.path, "wb")
+            f.write(header)
+        except OSError as e:
+            rec.error = f"cannot open: {e.strerror or e}"
+            self.warn(f"scriptgen: spool {rec.path}: {rec.error}")
+            return
+        self._files[rec] = f
+
+    def _append(self, rec: Recording, parts: tuple[bytes, ...]) -> None:
+        f = self._files.get(rec)
+        if f is None:
+            return  # never opened, or failed earlier: the file ends where it ends
+        try:
+            for part in parts:
+                f.write(part)
+        except OSError as e:
+            self._fail(rec, f, e)
+
+    def _flush(self, recs: set[Recording]) -> None:
+        """Hand what was written to the OS now: kill -9 then loses nothing written."""
+        for rec in recs:
+            f = self._files.get(rec)
+            if f is not None:
+                try:
+                    f.flush()
+                except OSError as e:
+                    self._fail(rec, f, e)
+
+    def _fail(self, rec: Recording, f: BinaryIO, e: OSError) -> None:
+        rec.error = f"cannot write: {e.strerror or e}"
+        self.warn(f"scriptgen: spool {rec.path}: {rec.error}; the recording stops here")
+        self._files.pop(rec, None)
+        try:
+            f.close()
+        except OSError:
+            pass
+
+    def _finish(self, rec: Recording, d: Deferred[Path]) -> None:
+        """Data on disk first (flush + fsync), then the rename makes it pending."""
+        try:
+            f = self._files.pop(rec, None)
+            if f is not None:
+                try:
+                    f.flush()
+                    os.fsync(f.fileno())
+                finally:
+                    f.close()
+            done = rec.done_path()
+            os.replace(rec.path, done)
+        except OSError as e:
+            self._call(d.errback, e)
+            return
+        self._log(rec.path.parent, {"what": "pending", "file": done.name, "source": rec.source})
+        self._call(d.callback, done)
+
+    def _log(self, root: Path, fields: dict[str, Any]) -> None:
+        line = json.dumps({"ts": time.time(), **fields}) + "\n"
+        try:
+            with self.opener(root / "index.jsonl", "ab") as f:
+                f.write(line.encode("utf-8"))
+        except OSError:
+            pass  # the index is for humans; the directory is the truth
+
+    def _close_all(self) -> None:
+        for rec, f in list(self._files.items()):
+            self._files.pop(rec, None)
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 class Spool:
-    """The recordings directory: new files, pending files, learned and failed ones."""
+    """The recordings directory: new files, pending files, learned and failed ones.
 
-    def __init__(self, root: Path, max_bytes: int = 64 * 1024 * 1024) -> None:
+    File writes go through ``disk`` (a ``SpoolWriter``): inline until
+    ``start``, then on its thread. ``pending`` and ``recover`` stay
+    synchronous: they run at start-up, before any recording exists.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int = 64 * 1024 * 1024,
+        queue_bytes: int = QUEUE_BYTES,
+        opener: Callable[[Path, str], BinaryIO] = _open_file,
+        warn: Callable[[str], None] = lambda line: None,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         for sub in ("", "learned", "failed"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        self.disk = SpoolWriter(queue_bytes, opener, warn)
+
+    def start(self, call_from_thread: Callable[..., Any]) -> None:
+        """From now on the writer thread does every write (the service, after ``recover``)."""
+        self.disk.start(call_from_thread)
+
+    def stop(self) -> Deferred[None]:
+        """Service stop: everything queued reaches the disk; fires when it has."""
+        return self.disk.stop()
 
     def new(self, source: str, host: str) -> Recording:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         safe = "".join(c if c.isalnum() else "_" for c in source)
         name = f"{stamp}-{safe}-{secrets.token_hex(3)}"
-        rec = Recording(self.root / (name + PART), self.max_bytes)
+        rec = Recording(self.root / (name + PART), self.max_bytes, self.disk, source)
         self.log("recording", rec.path.name, source=source, host=host)
         return rec
 
@@ -291,16 +612,13 @@ class Spool:
         return out
 
     def settle(self, path: Path, learned: bool) -> Path:
-        """Move a pending file out of the way once learned (or found unusable)."""
+        """Move a pending file out of the way once learned (or found unusable).
+
+        Queued like every write; returns where it goes."""
         target = self.root / ("learned" if learned else "failed") / path.name
-        os.replace(path, target)
-        self.log("learned" if learned else "failed", path.name)
+        what = "learned" if learned else "failed"
+        self.disk.submit(("move", path, target, self.root, {"what": what, "file": path.name}))
         return target
 
     def log(self, what: str, name: str, **extra: str) -> None:
-        line = json.dumps({"ts": time.time(), "what": what, "file": name, **extra})
-        try:
-            with open(self.root / "index.jsonl", "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-        except OSError:
-            pass  # the index is for humans; the directory is the truth
+        self.disk.submit(("log", self.root, {"what": what, "file": name, **extra}))

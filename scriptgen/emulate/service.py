@@ -34,6 +34,7 @@ from scriptgen.emulate.udp import EmulatorDatagramProtocol
 from scriptgen.model import Machine
 
 log = Logger(namespace="scriptgen")
+SPOOL_STOP_TIMEOUT = 5.0  # seconds a service stop waits for the recordings' writer
 
 
 class StartupError(Exception):
@@ -86,7 +87,11 @@ class EmulatorService(MultiService):
         from scriptgen.emulate.recorder import Spool
 
         cfg, reactor, events = self.config.proxy, self.reactor, self.runtime.events
-        spool = Spool(cfg.spool, cfg.record_bytes)
+
+        def warn(line: str) -> None:  # called from the spool's writer thread
+            reactor.callFromThread(log.warn, "{line}", line=line)
+
+        spool = Spool(cfg.spool, cfg.record_bytes, warn=warn)
 
         def in_thread(f: Any, *args: Any) -> Deferred[Any]:
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
@@ -137,6 +142,7 @@ class EmulatorService(MultiService):
             spool.recover()  # recordings a crash left open are pending, as far as written
             if self.config.proxy.learn and spool.pending():
                 self.learner.submit(spool.pending())
+            spool.start(self.reactor.callFromThread)  # from now on no file write on the reactor
         events.emit(
             "scriptgen.service.started",
             config=self.config.source,
@@ -214,14 +220,25 @@ class EmulatorService(MultiService):
             signal.signal(signal.SIGHUP, self._old_hup)
             self._old_hup = None
         self.runtime.events.emit("scriptgen.service.stopped")
+        stops = []
         if self.proxy is not None:
             self.proxy.stop()  # recordings closed: pending, learned at the next start
             self.learner.stop()
+            stops.append(self._stop_spool(self.proxy.spool))
         self.gate.stop()
-        stops = [d for p in self.listening.values() if (d := p.stopListening()) is not None]
+        stops += [d for p in self.listening.values() if (d := p.stopListening()) is not None]
         self.listening.clear()
         d = DeferredList([*stops, super().stopService()])
         d.addBoth(lambda _: self.runtime.events.close(timeout=2.0))
+        return d
+
+    def _stop_spool(self, spool: Any) -> Deferred[Any]:
+        """Everything queued for the spool's disk is written before the events close.
+
+        Bounded: a disk that hangs must not hang the stop (the thread is a daemon)."""
+        d = spool.stop()
+        d.addTimeout(SPOOL_STOP_TIMEOUT, self.reactor)
+        d.addErrback(lambda f: log.warn("scriptgen: spool: {e}", e=f.getErrorMessage()))
         return d
 
 
