@@ -95,6 +95,7 @@ class Config:
     request_settle: float = 0.2
     on_unmatched: str = "silent"
     content_dependencies: bool = True  # patch answers from live requests (off: as learned)
+    backoff: bool = True  # an unmatched request is read at the states the session passed
     gate_mechanism: str = "auto"  # how ports waiting for a signal are kept closed
     gate_table: str = "scriptgen"  # nftables table owned by this emulator
     gate_hold: float = 2.0  # longest wait of a signalling answer for nft
@@ -242,6 +243,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "gate_table": _table,
         "gate_hold": _float(0.01),
         "content_dependencies": _bool,
+        "backoff": _bool,
     },
     "proxy": {
         "enabled": _bool,

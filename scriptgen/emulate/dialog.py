@@ -40,6 +40,7 @@ from scriptgen.emulate.matching import CompiledMachine, MatchTimeout, Rule, Stat
 from scriptgen.model import End
 
 LAZY_FROM = 4096  # incomplete requests larger than this are judged lazily
+MAX_PATH = 64  # states remembered per session for back-off (the root always stays)
 
 
 class Waiting(enum.Enum):
@@ -81,9 +82,11 @@ Step = Matched | Unmatched | Overflow
 class Dialog:
     """Current state and unconsumed bytes of one session."""
 
-    def __init__(self, machine: CompiledMachine, max_buffer: int) -> None:
+    def __init__(self, machine: CompiledMachine, max_buffer: int, backoff: bool = False) -> None:
         self.machine = machine
         self.state: StateIndex = machine.states[machine.root]
+        self.backoff = backoff  # read an unmatched request at the states passed before
+        self.path: list[StateIndex] = [self.state]
         self.buffer = b""
         self.max_buffer = max_buffer
         self.waiting = Waiting.NOTHING
@@ -156,6 +159,10 @@ class Dialog:
         if kind == "take":
             return self._take(decision[1], decision[2])
         if kind == "unmatched":
+            if self.backoff and decision[1] == "no_match":
+                step = self._back_off(final)
+                if step is not None:
+                    return step
             return self._unmatched(decision[1])
         self.waiting = decision[1]
         return None
@@ -206,12 +213,51 @@ class Dialog:
                 best = (hit, n, total)
         return best
 
-    def _take(self, n: int, rule: Rule) -> Matched:
+    def _take(self, n: int, rule: Rule, source: StateIndex | None = None) -> Matched:
         request, self.buffer = self.buffer[:n], self.buffer[n:]
-        source = self.state
+        source = source or self.state
         self.state = self.machine.states[rule.target]
+        self._push(self.state)
         self.requests += 1
         return Matched(source, rule, request, self.state)
+
+    def _push(self, state: StateIndex) -> None:
+        if len(self.path) >= MAX_PATH:
+            del self.path[1]
+        self.path.append(state)
+
+    def _ancestors(self) -> list[StateIndex]:
+        """States passed before the current one, most recent first, each once."""
+        seen = {self.state.id}
+        out = []
+        for state in reversed(self.path):
+            if state.id not in seen:
+                seen.add(state.id)
+                out.append(state)
+        return out
+
+    def _back_off(self, final: bool) -> Matched | None:
+        """Read a request the current state has no transition for at the states the
+        session passed before, most recent first.
+
+        Why: the machine is a tree of positions, so a command learned after
+        login is unknown two commands later (``GET`` again on one
+        connection, ``SYST`` after ``PWD``) although the answer was learned;
+        the earlier position's transition gives it, and the session goes on
+        from there. Only whole matches count (no waiting for more bytes).
+        """
+        for state in self._ancestors():
+            key = (state.id, self.buffer, final)
+            decision = self.machine.cached(key)
+            if decision is None:
+                try:
+                    decision = self._judge(self.buffer, state, final)
+                except MatchTimeout:
+                    decision = ("unmatched", "match_timeout")
+                self.machine.remember(key, decision)
+            if decision[0] == "take":
+                return self._take(decision[1], decision[2], source=state)
+        return None
 
     def _unmatched(self, reason: str) -> Unmatched:
         request, self.buffer = self.buffer, b""
@@ -221,14 +267,21 @@ class Dialog:
     # --- UDP: one datagram is one request ---
 
     def datagram(self, data: bytes) -> Step:
+        source = self.state
         try:
             rule = self.state.best(data)
+            if rule is None and self.backoff:
+                for state in self._ancestors():
+                    rule = state.best(data)
+                    if rule is not None:
+                        source = state
+                        break
         except MatchTimeout:
             return Unmatched(self.state, data, "match_timeout")
         if rule is None:
             return Unmatched(self.state, data, "no_match")
-        source = self.state
         self.state = self.machine.states[rule.target]
+        self._push(self.state)
         self.requests += 1
         return Matched(source, rule, data, self.state)
 

@@ -116,7 +116,9 @@ class EmulatorDatagramProtocol(DatagramProtocol):
             getattr(host, "port", self.spec.served),
             new_session_id(),
         )
-        dialog = Dialog(machine, self.runtime.config.limits.max_buffer_bytes)
+        dialog = Dialog(
+            machine, self.runtime.config.limits.max_buffer_bytes, self.runtime.config.backoff
+        )
         session = UdpSession(dialog, where, now, now)
         session.answers = LiveAnswers(
             machine.machine.states, self.runtime.config.content_dependencies
