@@ -114,3 +114,32 @@ def test_silent_client_on_an_incomplete_request_is_judged_after_request_quiet() 
     assert t.disconnecting  # 2 s of silence, long before request_timeout
     (un,) = h.events.of("scriptgen.request.unmatched")
     assert un["reason"] == "request_quiet" and un["request"] == b"USER ali"
+
+
+def test_backoff_answers_a_repeated_command_learned_at_an_earlier_position() -> None:
+    """redis-cli -r 2: the second GET on one connection is unmatched at the GET state (a
+    tree of positions has no GET there); back-off reads it at the states passed before."""
+    from scriptgen.emulate.dialog import Dialog, Matched, Unmatched
+    from scriptgen.emulate.matching import CompiledMachine
+    from scriptgen.model import Machine, Pattern, Transition
+
+    m = Machine("tcp", 6379)
+    got, other = m.new_state(), m.new_state()
+    got.answer, other.answer = b"$-1\r\n", b"+OK\r\n"
+    m.states[0].transitions.append(Transition(Pattern.literal(b"GET k\r\n"), got.id))
+    got.transitions.append(Transition(Pattern.literal(b"SET k\r\n"), other.id))
+    compiled = CompiledMachine.build(m)
+    for backoff in (True, False):
+        d = Dialog(compiled, 1000, backoff)
+        steps = d.feed(b"GET k\r\n") + d.feed(b"SET k\r\n") + d.feed(b"GET k\r\n")
+        last = steps[-1]
+        if backoff:
+            assert isinstance(last, Matched) and last.target.id == got.id
+            assert last.state.id == 0  # read at the root, where GET was learned
+            assert d.feed(b"SET k\r\n")[-1].target.id == other.id  # and the walk goes on
+        else:
+            assert isinstance(last, Unmatched) and last.state.id == other.id
+    udp = Dialog(compiled, 1000, True)
+    assert isinstance(udp.datagram(b"GET k\r\n"), Matched)
+    assert isinstance(udp.datagram(b"GET k\r\n"), Matched)  # the root again, from the GET state
+    assert isinstance(udp.datagram(b"NOPE\r\n"), Unmatched)
