@@ -48,9 +48,9 @@ def test_redis_cli_against_the_emulator(tmp_path: Path) -> None:
     res = _measure("redis", tmp_path, 50, 10)  # ~5 s
     (v,) = res.variants
     assert res.real_statuses == {"0": 10}  # every drawn run worked against redis-server
-    # Measured 5/10; the failures are commands seen fewer than 3 times in 50
-    # runs (no transition) and repeated commands on one connection.
-    assert v.matched >= 4, [c.difference for c in v.runs]
+    # Measured 7/10 (5/10 before back-off answered repeated commands on one
+    # connection); the failures are commands seen fewer than 3 times in 50 runs.
+    assert v.matched >= 6, [c.difference for c in v.runs]
     assert v.matched < v.total  # and the comparator does see differences
     assert v.requests_matched >= 4
 
@@ -60,10 +60,11 @@ def test_dig_against_the_emulator(tmp_path: Path) -> None:
     res = _measure("dns", tmp_path, 50, 20)  # ~25 s (unanswered queries wait 3 s)
     (v,) = res.variants
     assert res.real_statuses == {"0": 20}
-    # Measured 3-4/20: a query matches only when the learned answer is the
-    # one for its name and type (the transaction id is echoed by the content
-    # dependencies; records are not looked up).
-    assert v.matched >= 2, [c.difference for c in v.runs]
+    # Measured 4/20 (3/20 before the clock-order fix): a query matches only
+    # when the learned answer is the one for its name and type (the
+    # transaction id is echoed by the content dependencies; records are not
+    # looked up).
+    assert v.matched >= 3, [c.difference for c in v.runs]
     assert v.requests_matched >= 10
 
 
