@@ -189,8 +189,10 @@ def test_stop_writes_everything_queued_and_leaves_open_recordings_recoverable(
     assert conv.requests == [b"REQ %d\r\n" % i for i in range(100)]
 
 
-def test_the_proxy_learns_a_recording_only_after_the_writer_renamed_it(tmp_path: Path) -> None:
-    spool, disk, reactor = started(tmp_path)
+def relaying_proxy(
+    spool: Spool, tmp_path: Path
+) -> tuple[Proxy, Any, list[tuple[str, dict]], list[Path], Clock]:
+    """A proxy (fakes, no sockets) whose one source relays through a fake host connection."""
     events: list[tuple[str, dict]] = []
     learned: list[Path] = []
     clock = Clock()
@@ -203,11 +205,15 @@ def test_the_proxy_learns_a_recording_only_after_the_writer_renamed_it(tmp_path:
         spool,
         learned.extend,
     )
-    proto = FakeProto(machine(), "127.0.0.5", 4000)
-    tap = proxy.attach(proto)
+    tap = proxy.attach(FakeProto(machine(), "127.0.0.5", 4000))
     assert proxy.take_over(tap, b"HELLO\r\n")
-    upstream = type("Upstream", (), {"transport": FakeTransport()})()
-    tap.connected(upstream)  # nothing emulated to replay: relaying at once
+    tap.connected(type("Upstream", (), {"transport": FakeTransport()})())  # relaying at once
+    return proxy, tap, events, learned, clock
+
+
+def test_the_proxy_learns_a_recording_only_after_the_writer_renamed_it(tmp_path: Path) -> None:
+    spool, disk, reactor = started(tmp_path)
+    proxy, tap, events, learned, clock = relaying_proxy(spool, tmp_path)
     tap.from_host(b"200 ok HELLO\r\n")
     clock.advance(11)  # expiry: released
     assert proxy.pool.free == ["127.0.0.9"]  # the host is free at once
@@ -223,4 +229,24 @@ def test_the_proxy_learns_a_recording_only_after_the_writer_renamed_it(tmp_path:
     assert released["dropped_bytes"] == 0
     [conv] = list(read_conversations(path))
     assert conv.requests == [b"HELLO\r\n"]
+    result_of(spool.stop(), reactor)
+
+
+def test_the_proxy_relays_on_when_the_queue_is_full_and_says_so(tmp_path: Path) -> None:
+    spool, disk, reactor = started(tmp_path, queue_bytes=64 * 1024)
+    proxy, tap, events, learned, clock = relaying_proxy(spool, tmp_path)
+    answer = b"x" * 10_000
+    begin = time.perf_counter()
+    for _ in range(20):  # 200 kB for a stuck disk and a 64 KiB queue
+        tap.from_host(answer)
+    assert time.perf_counter() - begin < PROMPT
+    assert tap.proto.transport.written == answer * 20  # the client got everything
+    clock.advance(11)
+    disk.gate.set()
+    reactor.run_until(lambda: learned)  # what was recorded is real: learned like a truncated one
+    [released] = [f for e, f in events if e == "scriptgen.proxy.released"]
+    assert released["incomplete"] is True and released["dropped_bytes"] >= 10 * 10_000
+    [conv] = list(read_conversations(learned[0]))
+    got = b"".join(m.data for m in conv.messages if m.direction is Direction.SERVER)
+    assert conv.requests == [b"HELLO\r\n"] and answer * 20 != got and (answer * 20).startswith(got)
     result_of(spool.stop(), reactor)
