@@ -9,9 +9,8 @@ pass replays the training dialogs, and for each transition looks for a
 mutating region whose recurring values predict the answer:
 
 * the requests are grouped by the region's value; only values seen in at
-  least ``min_group`` (3) requests count (one sample cannot tell a server
-  choice from a per-connection id, and the new state must be able to prove
-  its own content dependencies);
+  least ``min_group`` (2) requests count (one sample cannot tell a server
+  choice from a per-connection id);
 * a group's *signature* is its answers' common length and the bytes that are
   the same in all of them (bytes that vary within the group -- ids,
   challenges, clocks -- are left out); two groups differ when their lengths
@@ -22,8 +21,11 @@ mutating region whose recurring values predict the answer:
   group's answers as evidence and the generic state's transitions (the
   dialog continues as before: the machine becomes a DAG).
 
-The generic transition stays for values never seen. Nothing here knows a
-protocol.
+The generic transition stays for values never seen. A new state has few
+samples, often too few for content inference to prove the ids it must echo;
+after inference, ``inherit_dependencies`` gives such a state those of its
+parent's dependencies that still apply (the region numbering of the split
+pattern is the parent's, so request references stay valid). Nothing here knows a protocol.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ from dataclasses import dataclass
 from scriptgen.learn.dialog import Dialog
 from scriptgen.model import Machine, Pattern, Region, State, Transition
 
-# Requests per value before its answers count as evidence; also what a new state
-# needs to prove its own content dependencies (ContentOptions.min_samples): with
-# fewer, ids it should echo stay learned constants (dig: "ID mismatch").
-MIN_GROUP = 3
+# Requests per value before its answers count as evidence. A new state with fewer
+# samples than content inference needs (3) inherits its parent's dependencies
+# (inherit_dependencies), or ids it should echo would stay learned constants.
+MIN_GROUP = 2
 MAX_VALUE_LEN = 256  # longer region values are payloads, not keys
 MAX_ANSWERS = 16  # distinct answers kept as evidence per new state (as the learner)
 
@@ -51,10 +53,13 @@ class _Row:
     end: str | None  # how the dialog ended right after this turn, if it did
 
 
-def split_by_answer(machine: Machine, dialogs: Iterable[Dialog], min_group: int = MIN_GROUP) -> int:
-    """Add sub-transitions where a region's value predicts the answer; returns how many."""
+def split_by_answer(
+    machine: Machine, dialogs: Iterable[Dialog], min_group: int = MIN_GROUP
+) -> dict[int, tuple[int, int]]:
+    """Add sub-transitions where a region's value predicts the answer; returns
+    {new state id: (the generic state it was split from, the region index fixed)}."""
     rows = _collect(machine, dialogs)
-    added = 0
+    parents: dict[int, tuple[int, int]] = {}
     for (sid, index), taken in sorted(rows.items(), key=lambda kv: kv[0]):
         state = machine.states[sid]
         transition = state.transitions[index]
@@ -64,8 +69,54 @@ def split_by_answer(machine: Machine, dialogs: Iterable[Dialog], min_group: int 
         k, groups = choice
         others = [r.request for (s, i), rs in rows.items() if s == sid and i != index for r in rs]
         for value in sorted(groups):
-            added += _add(machine, state, transition, k, value, groups[value], others)
-    return added
+            new = _add(machine, state, transition, k, value, groups[value], others)
+            if new is not None:
+                parents[new] = (transition.target, k)
+    return parents
+
+
+def inherit_dependencies(machine: Machine, parents: dict[int, tuple[int, int]]) -> int:
+    """Give a split state without dependencies those of its parent that still apply;
+    returns how many states inherited any.
+
+    A dependency on the split region is left out (the child's pattern holds that
+    value fixed and its template already carries it); the others are kept when
+    they lie in the part where both templates agree, bytes that the kept
+    dependencies rewrite anyway counting as agreeing (an echoed id).
+    """
+    done = 0
+    for child_id, (parent_id, k) in sorted(parents.items()):
+        child, parent = machine.states.get(child_id), machine.states.get(parent_id)
+        if child is None or parent is None or child.dependencies or not parent.dependencies:
+            continue
+        deps = [
+            dict(d)
+            for d in parent.dependencies
+            if not (d.get("region") == k and d.get("request", 0) == 0)
+        ]
+        covered = {
+            i for d in deps for i in range(int(d.get("at", 0)), _end(d)) if _end(d) < 1 << 20
+        }
+        common = 0
+        for i, (x, y) in enumerate(zip(child.answer, parent.answer, strict=False)):
+            if x != y and i not in covered:
+                break
+            common = i + 1
+        kept = [d for d in deps if _end(d) <= common]
+        if kept:
+            child.dependencies = kept
+            done += 1
+    return done
+
+
+def _end(dep: dict[str, object]) -> int:
+    """Where a dependency's template bytes end (unknown shapes: never inherited)."""
+    try:
+        at = int(dep["at"])  # type: ignore[call-overload]
+        size = int(dep.get("len", dep.get("width", 0)))  # type: ignore[call-overload]
+    except (KeyError, TypeError, ValueError):
+        return 1 << 62
+    return at + max(size, 0)
 
 
 def _collect(machine: Machine, dialogs: Iterable[Dialog]) -> dict[tuple[int, int], list[_Row]]:
@@ -138,16 +189,17 @@ def _add(
     value: bytes,
     rows: Sequence[_Row],
     others: Sequence[bytes],
-) -> int:
-    """One sub-transition with region ``k`` fixed to ``value``; 0 when it would
-    duplicate a transition or take a request another transition takes now."""
+) -> int | None:
+    """One sub-transition with region ``k`` fixed to ``value``; returns the new state's
+    id, None when it would duplicate a transition or take a request another
+    transition takes now."""
     regions = list(generic.pattern.regions)
     regions[k] = Region(value)
     pattern = Pattern(tuple(regions))
     if any(t.pattern == pattern for t in state.transitions):
-        return 0
+        return None
     if any(pattern.fullmatch(r) is not None for r in others):
-        return 0
+        return None
     shared = machine.states[generic.target]
     target = machine.new_state()
     answers = Counter(r.answer for r in rows)
@@ -159,4 +211,4 @@ def _add(
     ]
     examples = sorted({r.request for r in rows})[:8]
     state.transitions.append(Transition(pattern, target.id, len(rows), examples))
-    return 1
+    return target.id

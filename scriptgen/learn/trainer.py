@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scriptgen import __version__
-from scriptgen.learn.answersplit import split_by_answer
+from scriptgen.learn.answersplit import inherit_dependencies, split_by_answer
 from scriptgen.learn.consolidate import consolidate
 from scriptgen.learn.content import infer_dependencies
 from scriptgen.learn.dialog import Dialog, DialogStats, group_dialogs
@@ -126,9 +126,16 @@ def learn_machine(
     )
     learner.add(dialogs)
     steps = learner.refine(on_step)
-    split_by_answer(machine, dialogs)  # requests alike, answers not: split on the region
     consolidate(machine)
     infer_dependencies(machine, dialogs)
+    # Requests alike, answers not: split on the region that predicts the answer. The
+    # generic states keep the dependencies inferred from all their samples above (no
+    # dialog reaches them now); split states prove their own or inherit the parent's.
+    parents = split_by_answer(machine, dialogs)
+    if parents:
+        consolidate(machine)
+        infer_dependencies(machine, dialogs)
+        inherit_dependencies(machine, parents)
     return len(steps)
 
 
