@@ -117,7 +117,7 @@ NOISE: list[tuple[str, str, str, str]] = [
     ),
     (
         "smb",
-        r"\([\d.]+ KiloBytes/sec\)( \(average ([\d.]+|inf) KiloBytes/sec\))?",
+        r"\([\d.]+ KiloBytes/sec\)( \(average (-?[\d.]+|-?inf|-?nan) KiloBytes/sec\))?",
         "(<rate>)",
         "smbclient get prints the transfer rate",
     ),
