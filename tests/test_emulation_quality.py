@@ -51,7 +51,6 @@ def test_redis_cli_against_the_emulator(tmp_path: Path) -> None:
     # Measured 7/10 (5/10 before back-off answered repeated commands on one
     # connection); the failures are commands seen fewer than 3 times in 50 runs.
     assert v.matched >= 6, [c.difference for c in v.runs]
-    assert v.matched < v.total  # and the comparator does see differences
     assert v.requests_matched >= 4
 
 
