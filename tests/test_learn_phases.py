@@ -407,9 +407,94 @@ def test_widening_a_long_request_that_fits_nothing_is_fast():
     )
     root.transitions.append(Transition(wide, target.id))
     long_request = b"HDR" + b"E" * 2_000_000 + b"ENX"
-    learner = Learner(machine, make_standin())
+    # a bucket may hold a message this long when allowed (or loaded from an older model)
+    learner = Learner(machine, make_standin(), LearnOptions(max_message_bytes=4 << 20))
     learner.add([dialog([(long_request, b"")])])
     started = time.monotonic()
     report = learner.refine_step()
     assert time.monotonic() - started < 5
     assert report.widened == 0 and len(root.bucket) == 1
+
+
+def test_huge_unclustered_requests_give_a_small_model_file(tmp_path):
+    """Six lone 10 MB requests were kept raw in the bucket: a 120 MB model file."""
+    from scriptgen.model import save_machine
+
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin())
+    big = [dialog([(b"%d" % i + b"A" * 10_000_000, b"ok")], origin=f"o{i}") for i in range(6)]
+    learner.add(big)
+    learner.refine()
+    path = save_machine(machine, tmp_path)
+    assert path.stat().st_size < 100_000
+    root = machine.states[0]
+    assert root.bucket == [] and root.dropped == 6 and root.samples == 6
+
+
+def test_a_message_over_the_cap_ends_what_the_bucket_keeps_of_a_conversation():
+    options = LearnOptions(max_message_bytes=100)
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(), options)
+    turns = [(b"A", b"a"), (b"B", b"b" * 101), (b"C", b"c")]
+    learner.add([dialog(turns, end=End.CLOSE)])
+    root = machine.states[0]
+    assert [t.request for t in root.bucket[0].turns] == [b"A"]
+    assert root.bucket[0].end is None and root.dropped == 1
+
+
+def test_answers_over_the_cap_are_not_kept_as_evidence():
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(), LearnOptions(max_message_bytes=10))
+    learner.add([dialog([(b"X", b"")], banner=b"B" * 11), dialog([(b"X", b"")], banner=b"hi")])
+    root = machine.states[0]
+    assert root.answers == {b"hi": 1} and root.samples == 2
+
+
+def _bucket_bytes(state):
+    return sum(len(t.request) + len(t.answer) for s in state.bucket for t in s.turns)
+
+
+def test_the_bucket_byte_budget_is_respected_and_drops_are_counted():
+    options = LearnOptions(max_bucket_bytes=1000, max_message_bytes=100)
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(), options)
+    flows = [dialog([(b"R%03d" % i + b"x" * 96, b"")], origin=f"o{i}") for i in range(50)]
+    learner.add(flows)
+    root = machine.states[0]
+    assert _bucket_bytes(root) <= 1000
+    assert len(root.bucket) == 10 and root.dropped == 40
+
+
+def test_no_one_conversation_takes_more_than_a_share_of_the_budget():
+    options = LearnOptions(max_bucket_bytes=800, max_message_bytes=100)
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(), options)
+    learner.add([dialog([(b"R%02d" % i, b"a" * 40) for i in range(30)])])
+    root = machine.states[0]
+    assert _bucket_bytes(root) <= 100 and len(root.bucket[0].turns) == 2
+    assert root.dropped == 1
+
+
+def test_the_byte_budget_keeps_the_same_sample_whatever_the_arrival_order():
+    options = LearnOptions(max_bucket_bytes=2000, max_message_bytes=250)
+    flows = [
+        dialog([(b"REQ%d" % i + b"y" * (i * 37 % 200), b"")], origin=f"o{i}") for i in range(60)
+    ]
+    kept = []
+    for order in (flows, flows[::-1], flows[::2] + flows[1::2]):
+        machine = Machine("tcp", 21)
+        Learner(machine, make_standin(), options).add(order)
+        root = machine.states[0]
+        assert _bucket_bytes(root) <= 2000
+        assert root.dropped == 60 - len(root.bucket)
+        kept.append(sorted(s.turns[0].request for s in root.bucket))
+    assert kept[0] == kept[1] == kept[2] and 5 < len(kept[0]) < 60
+
+
+def test_byte_bounds_are_validated_and_recorded():
+    with pytest.raises(ValueError):
+        LearnOptions(max_bucket_bytes=0)
+    with pytest.raises(ValueError):
+        LearnOptions(max_message_bytes=0)
+    recorded = LearnOptions(max_bucket_bytes=123, max_message_bytes=45).to_json()
+    assert recorded["max_bucket_bytes"] == 123 and recorded["max_message_bytes"] == 45

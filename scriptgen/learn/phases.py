@@ -29,7 +29,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from heapq import heapify, heapreplace
+from heapq import heapify, heappop, heappush
 from typing import Any, Protocol
 
 import regex
@@ -56,6 +56,14 @@ class LearnOptions:
     # Suffixes kept per state bucket: when full, a sample that does not depend on
     # arrival order (smallest hash keys); the others are dropped and counted.
     max_bucket: int = 1000
+    # Bytes (requests + answers) kept per state bucket, sampled the same way:
+    # hostile traffic learned online must not grow memory or the model file.
+    max_bucket_bytes: int = 16 << 20
+    # A request or answer larger than this ends what a bucket keeps of a
+    # conversation (the rest is dropped and counted), and such an answer is
+    # not kept as evidence: region analysis never sees more than a few KiB of
+    # a request (its max_align_len), so a huge message only costs memory.
+    max_message_bytes: int = 1 << 20
     max_answers: int = 16  # distinct answers kept as evidence per state
     max_iterations: int = 1024  # refinement steps per training run (≥ dialog depth)
     widen: bool = True  # let a transition's mutating lengths grow to take near misses
@@ -66,7 +74,13 @@ class LearnOptions:
     max_example_bytes: int = 4096  # longer requests are not remembered
 
     def __post_init__(self) -> None:
-        for name in ("max_bucket", "max_answers", "max_iterations"):
+        for name in (
+            "max_bucket",
+            "max_bucket_bytes",
+            "max_message_bytes",
+            "max_answers",
+            "max_iterations",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("widen_slack", "max_examples", "max_example_bytes"):
@@ -102,8 +116,11 @@ class Learner:
         # Every non-empty bucket is worth one look: the options or the new data may differ.
         self.dirty: set[int] = {s.id for s in machine.states.values() if s.bucket}
         self.iterations = 0
-        # Full buckets: a max-heap of (-sample key, tie, suffix) over the bucket's suffixes.
+        # Full buckets: a max-heap of (-sample key, tie, suffix) over the bucket's suffixes,
+        # the smallest key dropped so far (no larger key gets in), and the bytes kept.
         self._full: dict[int, list[tuple[int, int, Suffix]]] = {}
+        self._cut: dict[int, int] = {}
+        self._bytes: dict[int, int] = {}
         self._tie = itertools.count()
 
     # -- update phase -------------------------------------------------------
@@ -120,7 +137,10 @@ class Learner:
         answers = state.answers
         if answer in answers:
             answers[answer] += 1
-        elif len(answers) < self.options.max_answers:
+        elif (
+            len(answers) < self.options.max_answers
+            and len(answer) <= self.options.max_message_bytes
+        ):
             answers[answer] = 1
         # else: dropped; samples - sum(answers) says how many
 
@@ -152,29 +172,77 @@ class Learner:
     def _bucket(self, state: State, suffix: Suffix, dirty: bool) -> None:
         """Keep ``suffix`` in the bucket; a full bucket keeps the smallest sample keys.
 
-        Keeping the first ``max_bucket`` arrivals would let one-off junk that
-        fills a bucket refuse every later request there forever (nothing
-        new could ever be learned at that state, in this run or a later
-        one); the keyed sample keeps a share of each kind of request, and
-        the same set whatever the arrival order.
+        Keeping the first arrivals would let one-off junk that fills a bucket
+        refuse every later request there forever (nothing new could ever be
+        learned at that state, in this run or a later one); the keyed sample
+        keeps a share of each kind of request. "Full" is by count
+        (``max_bucket``) or by bytes (``max_bucket_bytes``): the kept set is
+        the longest run of smallest keys that fits both, so within a run it
+        is the same set whatever the arrival order.
         """
+        clipped = self._clip(state, suffix)
+        if clipped is None:
+            return
+        suffix = clipped
+        opts = self.options
         bucket = state.bucket
-        if len(bucket) < self.options.max_bucket:
+        size = _suffix_bytes(suffix)
+        used = self._bytes.get(state.id)
+        if used is None:
+            used = sum(_suffix_bytes(s) for s in bucket)
+        cut = self._cut.get(state.id)
+        if cut is None and len(bucket) < opts.max_bucket and used + size <= opts.max_bucket_bytes:
             bucket.append(suffix)
+            self._bytes[state.id] = used + size
         else:
+            key = _sample_key(suffix)
+            if cut is not None and key >= cut:
+                state.dropped += 1
+                return
             heap = self._full.get(state.id)
             if heap is None:
                 heap = [(-_sample_key(s), next(self._tie), s) for s in bucket]
                 heapify(heap)
                 self._full[state.id] = heap
-            key = _sample_key(suffix)
-            state.dropped += 1
-            if key >= -heap[0][0]:
+            heappush(heap, (-key, next(self._tie), suffix))
+            bucket.append(suffix)
+            used += size
+            kept = True
+            while len(bucket) > opts.max_bucket or used > opts.max_bucket_bytes:
+                neg, _, out = heappop(heap)
+                self._cut[state.id] = -neg  # evicted in decreasing key order
+                used -= _suffix_bytes(out)
+                del bucket[next(i for i, s in enumerate(bucket) if s is out)]
+                state.dropped += 1
+                kept = kept and out is not suffix
+            self._bytes[state.id] = used
+            if not kept:
                 return
-            out = heapreplace(heap, (-key, next(self._tie), suffix))[2]
-            bucket[next(i for i, s in enumerate(bucket) if s is out)] = suffix
         if dirty:
             self.dirty.add(state.id)
+
+    def _clip(self, state: State, suffix: Suffix) -> Suffix | None:
+        """What a bucket keeps of ``suffix``: its turns up to the first message over
+        ``max_message_bytes``, and past the first turn no more than an eighth of
+        ``max_bucket_bytes`` in all (so that no one conversation can take a
+        bucket's budget). A clipped suffix ends unknown (``None``); what was cut
+        counts once in ``state.dropped``; None when not even the first turn fits.
+        """
+        opts = self.options
+        share = opts.max_bucket_bytes // 8
+        total = 0
+        for i, turn in enumerate(suffix.turns):
+            n = len(turn.request) + len(turn.answer)
+            if (
+                len(turn.request) > opts.max_message_bytes
+                or len(turn.answer) > opts.max_message_bytes
+                or n > opts.max_bucket_bytes
+                or (i > 0 and total + n > share)
+            ):
+                state.dropped += 1
+                return Suffix(suffix.turns[:i], None, suffix.origin) if i else None
+            total += n
+        return suffix
 
     # -- refinement phase ---------------------------------------------------
 
@@ -195,6 +263,8 @@ class Learner:
             report.new_transitions += len(created)
             suffixes, state.bucket = state.bucket, []
             self._full.pop(sid, None)
+            self._cut.pop(sid, None)
+            self._bytes.pop(sid, None)
             for suffix in suffixes:
                 self._feed(state, suffix, refeed_of=sid)
             report.new_transitions -= self._prune(state, created)
@@ -349,6 +419,10 @@ class Learner:
             t.pattern = wider
             widened += 1
         return widened
+
+
+def _suffix_bytes(suffix: Suffix) -> int:
+    return sum(len(t.request) + len(t.answer) for t in suffix.turns)
 
 
 def _sample_key(suffix: Suffix) -> int:
