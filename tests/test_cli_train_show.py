@@ -156,10 +156,25 @@ def test_train_port_and_jobs_options(tmp_path):
     assert [p.name for p in (tmp_path / "c").iterdir()] == ["udp-53.json"]
 
 
+def test_byte_bounds_drop_and_count_and_are_recorded_in_the_model(tmp_path):
+    """A message cap smaller than every redis request: nothing is bucketed, all counted."""
+    needs_regions()
+    model_dir = tmp_path / "m"
+    args = ["--max-message-bytes", "8", "--max-bucket-bytes", "4096"]
+    r = run_cli("train", *args, "--model-dir", str(model_dir), str(capture("redis.pcap")))
+    assert r.returncode == 0, r.stderr
+    header, row = (line.split() for line in r.stdout.splitlines()[:2])
+    cells = dict(zip(header, row[:1] + row[-(len(header) - 1) :], strict=True))
+    assert cells["port"] == "tcp/6379" and cells["bucketed"] == "0"
+    assert int(cells["dropped"]) == int(cells["used"]) > 0
+    learn = json.loads((model_dir / "tcp-6379.json").read_text())["options"]["learn"]
+    assert learn["max_message_bytes"] == 8 and learn["max_bucket_bytes"] == 4096
+
+
 def test_bad_option_values_are_refused(tmp_path):
     r = run_cli("train", "--jobs", "0", "--model-dir", str(tmp_path), str(capture("redis.pcap")))
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    for flag in ("--max-turns", "--max-bucket"):
+    for flag in ("--max-turns", "--max-bucket", "--max-bucket-bytes", "--max-message-bytes"):
         r = run_cli("train", flag, "0", "--model-dir", str(tmp_path), str(capture("redis.pcap")))
         assert r.returncode == 2 and "Traceback" not in r.stderr, flag
         assert r.stderr.startswith("scriptgen: bad option") and flag[2:].replace("-", "_") in (

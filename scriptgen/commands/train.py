@@ -12,6 +12,8 @@ from scriptgen.learn.phases import LearnOptions
 
 LEARN_FLAGS = {  # LearnOptions field -> help
     "max_bucket": "suffixes kept per state bucket; more are dropped and counted",
+    "max_bucket_bytes": "bytes kept per state bucket; more are dropped and counted",
+    "max_message_bytes": "a larger request or answer is not bucketed nor kept as evidence",
     "max_answers": "distinct answers kept per state as evidence",
     "max_iterations": "refinement steps per training run",
     "widen_slack": "bytes a mutating region may grow by to take a near miss",
