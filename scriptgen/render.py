@@ -89,7 +89,7 @@ def render_text(machine: Machine, answer_limit: int = 40) -> str:
         )
     dropped = sum(s.dropped for s in machine.states.values())
     if dropped:
-        lines.append(f"  dropped (full buckets): {dropped} suffixes")
+        lines.append(f"  dropped (bucket bounds): {dropped} suffixes")
     for depth, state, label, again in _walk(machine):
         pad = "  " * (depth + 1)
         edge = f"-- {label} --> " if label is not None else ""

@@ -101,7 +101,7 @@ class State:
     transitions: list[Transition] = field(default_factory=list)
     bucket: list[Suffix] = field(default_factory=list)
     samples: int = 0  # training conversations that reached this state
-    dropped: int = 0  # suffixes not bucketed because the bucket was full
+    dropped: int = 0  # suffixes not bucketed: bucket full (count or bytes) or a message too large
     # Evidence kept so consolidation can be redone incrementally: distinct
     # answers seen with counts (bounded by the learner), and how often the
     # server closed/reset here.
