@@ -9,29 +9,14 @@ the variants.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from scriptgen.model import End, Machine, State
 
 
 def consolidated_answer(state: State) -> bytes:
-    """The most frequent answer; ties go to the answer of the most common length.
-
-    When every answer carries its own server-chosen id, all counts are 1:
-    "shortest wins" then picked a rare odd one out (an empty answer among 15
-    of one shape made the emulator silent where the server always spoke).
-    The modal length picks the typical shape, which is also what content
-    inference compares the samples with. Then shorter, then smaller bytes.
-    """
+    """The most frequent answer; ties go to the shorter, then the smaller bytes (deterministic)."""
     if not state.answers:
         return state.answer
-    by_length: Counter[int] = Counter()
-    for answer, count in state.answers.items():
-        by_length[len(answer)] += count
-    return min(
-        state.answers.items(),
-        key=lambda kv: (-kv[1], -by_length[len(kv[0])], len(kv[0]), kv[0]),
-    )[0]
+    return min(state.answers.items(), key=lambda kv: (-kv[1], len(kv[0]), kv[0]))[0]
 
 
 def consolidated_end(state: State) -> End:
