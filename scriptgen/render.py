@@ -8,6 +8,7 @@ printable ASCII as text, anything else as hex, always shortened.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from scriptgen.model import Machine, State
 from scriptgen.model.store import dumps, machine_to_json
@@ -38,6 +39,34 @@ def state_summary(state: State, answer_limit: int = 40) -> str:
     if state.bucket:
         parts.append(f"bucket={len(state.bucket)}")
     return " ".join(parts)
+
+
+def dependency_line(dep: dict[str, Any]) -> str:
+    """One line for ``scriptgen show``: answer bytes a..b ← source, transform."""
+    kind = dep.get("kind", "?")
+    at = dep.get("at", 0)
+    n = dep.get("len", dep.get("width", 0))
+    span = f"answer[{at}..{at + n - 1}]" if isinstance(at, int) and isinstance(n, int) else "?"
+    if kind == "copy":
+        anchor = "" if dep.get("anchor", "start") == "start" else " from end"
+        extra = " (borrowed)" if dep.get("borrowed") else ""
+        return (
+            f"{span} <- request {dep.get('request')} region {dep.get('region')} "
+            f"offset {dep.get('offset')}{anchor}, {dep.get('order', 'same')}{extra}"
+        )
+    if kind == "copy-region":
+        return f"{span} <- request {dep.get('request')} region {dep.get('region')}, whole (length varies)"
+    if kind == "answer":
+        return f"{span} <- answer {dep.get('answer')} offset {dep.get('offset')}, same"
+    if kind == "length":
+        return (
+            f"{span} = length(answer) - {dep.get('base')}, {dep.get('width')} B {dep.get('endian')}"
+        )
+    if kind == "clock":
+        return f"{span} = clock ({dep.get('unit')}, {dep.get('endian')})"
+    if kind == "random":
+        return f"{span} = random per answer"
+    return f"{span} {kind}"
 
 
 def signal_lines(state: State) -> list[str]:
@@ -96,9 +125,7 @@ def render_text(machine: Machine, answer_limit: int = 40) -> str:
         body = f"[{state.id}] (see above)" if again else state_summary(state, answer_limit)
         lines.append(f"{pad}{edge}{body}")
         if state.dependencies and not again:
-            from scriptgen.emulate.rewrite import describe  # only models with dependencies pay
-
-            lines += [f"{pad}    dep {describe(d)}" for d in state.dependencies]
+            lines += [f"{pad}    dep {dependency_line(d)}" for d in state.dependencies]
         if not again:
             lines.extend(f"{pad}    {line}" for line in signal_lines(state))
     # States no transition reaches (should not happen; shown so nothing is hidden).

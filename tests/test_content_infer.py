@@ -6,11 +6,12 @@ from __future__ import annotations
 import random
 import time
 
-from scriptgen.emulate.rewrite import History, Rewriter, describe
+from scriptgen.emulate.rewrite import History, Rewriter
 from scriptgen.learn.content import ContentOptions, collect_samples, infer_dependencies
 from scriptgen.learn.dialog import Dialog
 from scriptgen.model import Machine, Pattern, Region, Suffix, Transition, Turn
 from scriptgen.model.store import machine_from_json, machine_to_json
+from scriptgen.render import dependency_line as describe
 
 
 def fx(data: bytes) -> Region:

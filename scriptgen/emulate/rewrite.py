@@ -222,34 +222,6 @@ def _clock_value(now: float, unit: str) -> int:
     return int(now)
 
 
-def describe(dep: dict[str, Any]) -> str:
-    """One line for ``scriptgen show``: answer bytes a..b ← source, transform."""
-    kind = dep.get("kind", "?")
-    at = dep.get("at", 0)
-    n = dep.get("len", dep.get("width", 0))
-    span = f"answer[{at}..{at + n - 1}]" if isinstance(at, int) and isinstance(n, int) else "?"
-    if kind == "copy":
-        anchor = "" if dep.get("anchor", "start") == "start" else " from end"
-        extra = " (borrowed)" if dep.get("borrowed") else ""
-        return (
-            f"{span} <- request {dep.get('request')} region {dep.get('region')} "
-            f"offset {dep.get('offset')}{anchor}, {dep.get('order', 'same')}{extra}"
-        )
-    if kind == "copy-region":
-        return f"{span} <- request {dep.get('request')} region {dep.get('region')}, whole (length varies)"
-    if kind == "answer":
-        return f"{span} <- answer {dep.get('answer')} offset {dep.get('offset')}, same"
-    if kind == "length":
-        return (
-            f"{span} = length(answer) - {dep.get('base')}, {dep.get('width')} B {dep.get('endian')}"
-        )
-    if kind == "clock":
-        return f"{span} = clock ({dep.get('unit')}, {dep.get('endian')})"
-    if kind == "random":
-        return f"{span} = random per answer"
-    return f"{span} {kind}"
-
-
 class LiveAnswers:
     """One connection's answers: keeps its history and patches each state's template.
 
