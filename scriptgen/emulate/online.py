@@ -131,7 +131,9 @@ class OnlineLearner:
                 bad.append((Path(f), _problem(e)))
                 continue
             merged["new"] += result["new"]
-            merged["ports"] = result["ports"]
+            # each run reports the ports it touched: keep every port, latest counts
+            by_port = {p["port"]: p for p in merged["ports"] + result["ports"]}
+            merged["ports"] = [by_port[k] for k in sorted(by_port)]
         return merged, bad
 
     def _run(self, files: list[str]) -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""OnlineLearner's batch handling, with a stand-in worker (the real trainer
+runs in the proxy integration tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+
+from scriptgen.emulate.online import OnlineLearner
+
+
+class _Spool:
+    def __init__(self) -> None:
+        self.settled: list[tuple[str, bool]] = []
+
+    def settle(self, path: Path, learned: bool) -> Path:
+        self.settled.append((path.name, learned))
+        return path
+
+
+def _worker(model_dir: str, files: list[str]) -> dict[str, Any]:
+    """Fails on any batch holding bad.pcap; each good file touches its own port."""
+    names = [Path(f).name for f in files]
+    if "bad.pcap" in names:
+        raise ValueError("bad.pcap: not a capture")
+    ports = [{"port": f"tcp/{1000 + i}", "states": 2} for i, n in enumerate(sorted(names))]
+    if names == ["b.pcap"]:
+        ports = [{"port": "tcp/2000", "states": 3}]
+    return {"new": [{"pattern": n} for n in names], "ports": ports}
+
+
+def test_a_bad_file_fails_alone_and_every_port_of_the_others_is_reported(tmp_path):
+    files = []
+    for name in ("a.pcap", "bad.pcap", "b.pcap"):
+        (tmp_path / name).write_bytes(b"x")
+        files.append(tmp_path / name)
+    events: list[tuple[str, dict[str, Any]]] = []
+    spool = _Spool()
+    reloads = []
+    learner = OnlineLearner(
+        tmp_path,
+        spool,  # type: ignore[arg-type]
+        lambda eventid, **kw: events.append((eventid, kw)),
+        lambda f, *a: defer.maybeDeferred(f, *a),
+        lambda: reloads.append(1),
+        worker=_worker,
+    )
+    learner.submit(files)
+    assert sorted(spool.settled) == [("a.pcap", True), ("b.pcap", True), ("bad.pcap", False)]
+    failed = [kw for e, kw in events if e == "scriptgen.proxy.learn_failed"]
+    assert [f["file"] for f in failed] == ["bad.pcap"] and "not a capture" in failed[0]["error"]
+    (learned,) = [kw for e, kw in events if e == "scriptgen.proxy.learned"]
+    assert learned["files"] == ["a.pcap", "b.pcap"]
+    # a.pcap's run touched tcp/1000, b.pcap's tcp/2000: both are reported
+    assert [p["port"] for p in learned["ports"]] == ["tcp/1000", "tcp/2000"]
+    assert learned["new_transitions"] == 2
+    assert len([e for e, _ in events if e == "scriptgen.proxy.signature"]) == 2
+    assert reloads == [1]
