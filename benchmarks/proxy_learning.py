@@ -2,6 +2,8 @@
 
     python benchmarks/proxy_learning.py [--runs 60] [--seed 1] [--expiry 0.5]
                                         [--png docs/proxy_learning.png]
+                                        [--listen 127.0.5.1] [--pool 127.0.5.2]
+                                        [--set scriptgen.backoff=false] [--keep DIR]
 
 From an *empty* model, the real client runs of the lab (``tests.lab.variety``,
 redis-cli with one of ~30 command kinds and random values) are played one
@@ -20,11 +22,19 @@ benchmark cannot compare with the real answer of the same run (the server's
 state moved on) exactly; it runs the same client once more against the real
 server right after and reports whether redis-cli printed the same ("same as
 real": a strict check -- counters and stored values legitimately differ).
+
+``--set section.key=value`` adds config keys (repeatable), to measure an
+option; ``--keep DIR`` keeps the event log, models and recordings there;
+``--json FILE`` writes the per-run rows (and, per emulated run that printed
+something else than the real server, the transitions its requests took) for
+comparing two settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import tempfile
 import time
@@ -36,7 +46,14 @@ sys.path.insert(0, str(ROOT))
 
 from tests.lab.servers import RedisServer  # noqa: E402
 from tests.lab.variety import draw_runs  # noqa: E402
-from tests.proxy_support import POOL, start_emulator, stop_emulator, tracebacks  # noqa: E402
+from tests.proxy_support import (  # noqa: E402
+    LISTEN,
+    POOL,
+    Emulator,
+    start_emulator,
+    stop_emulator,
+    tracebacks,
+)
 
 
 def kind(run) -> str:  # type: ignore[no-untyped-def]
@@ -51,25 +68,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expiry", type=float, default=0.5)
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--png", type=Path, default=None)
+    ap.add_argument("--listen", default=LISTEN, help="emulator address")
+    ap.add_argument("--pool", default=POOL, help="address of the real redis-server (pool)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--keep", type=Path, default=None, help="copy events, models, spool here")
+    ap.add_argument("--json", type=Path, default=None, help="write the per-run rows here")
     args = ap.parse_args(argv)
+    extra: dict[str, dict[str, str]] = {"scriptgen": {}, "proxy": {}}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        extra.setdefault(section, {})[name] = value
     runs = draw_runs("redis", args.runs, seed=args.seed)
     rows: list[tuple] = []  # index, kind, proxied, success, same output as the real server
+    details: list[dict] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="proxy-learning-") as tmp, RedisServer(POOL):
-        emu = start_emulator(Path(tmp), "tcp/6379=0", expiry=args.expiry)
+    with tempfile.TemporaryDirectory(prefix="proxy-learning-") as tmp, RedisServer(args.pool):
+        emu = start_emulator(
+            Path(tmp), "tcp/6379=0", expiry=args.expiry, pool=args.pool, listen=args.listen,
+            scriptgen=extra["scriptgen"], **extra["proxy"],
+        )  # fmt: skip
         port = emu.ports["tcp/6379=0"]
         try:
             for i, run in enumerate(runs):
                 relaying = emu.count("scriptgen.proxy.relaying")
                 learned = emu.count("scriptgen.proxy.learned")
-                res = run.execute("127.0.0.1", port, timeout=15)
+                mark = len(emu.read_events())
+                res = run.execute(args.listen, port, timeout=15)
                 ok = res.status == 0 and "Error" not in res.stdout
                 time.sleep(0.3)  # events are written asynchronously
                 proxied = emu.count("scriptgen.proxy.relaying") > relaying
                 same = None
                 if not proxied:  # the same run against the real server, for comparison
-                    real = run.execute(POOL, 6379, timeout=15)
+                    real = run.execute(args.pool, 6379, timeout=15)
                     same = real.status == res.status and real.stdout == res.stdout
+                    if not same:
+                        details.append(_walk(emu, mark, i, run, res.stdout, real.stdout))
                 rows.append((i, kind(run), proxied, ok, same))
                 if proxied:
                     emu.wait_count("scriptgen.proxy.learned", learned + 1, timeout=300)
@@ -79,11 +113,36 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)  # fmt: skip
         finally:
             stop_emulator(emu)
+            if args.keep:
+                shutil.copytree(tmp, args.keep, dirs_exist_ok=True)
         problems = tracebacks(emu)
     report(rows, args.window, time.monotonic() - started, problems)
+    if args.json:
+        args.json.write_text(json.dumps({"settings": args.set, "rows": rows, "differs": details}))
     if args.png:
         plot(rows, args.window, args.png)
     return 0
+
+
+def _walk(emu: Emulator, mark: int, i: int, run, got: str, real: str) -> dict:  # type: ignore[no-untyped-def]
+    """What an emulated run that printed something else went through: its matched
+    requests (state, transition, target) and unmatched ones, for finding causes."""
+    steps = []
+    for e in emu.read_events()[mark:]:
+        if e["eventid"] == "scriptgen.request.matched":
+            steps.append((e["state"], e["transition"], e["target"], _text(e.get("request"))))
+        elif e["eventid"] == "scriptgen.request.unmatched":
+            steps.append((e["state"], "unmatched", e["reason"], _text(e.get("request"))))
+    return {"run": i, "kind": kind(run), "command": run.kwargs["commands"][0],
+            "repeat": run.kwargs.get("repeat"), "got": got[:200], "real": real[:200],
+            "steps": steps}  # fmt: skip
+
+
+def _text(hexed: str | None) -> str:
+    try:
+        return bytes.fromhex(hexed or "")[:60].decode("latin-1")
+    except ValueError:
+        return ""
 
 
 def report(rows: list[tuple], window: int, seconds: float, tb: list) -> None:

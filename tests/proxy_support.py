@@ -4,18 +4,22 @@ events, wait for a source's release and the learning that follows."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests import emulator_support
 
-POOL = "127.0.0.2"
+# The pool host's and the emulator's addresses; the environment can move them
+# (several people run these tests on one machine).
+POOL = os.environ.get("SCRIPTGEN_PROXY_POOL", "127.0.0.2")
+LISTEN = os.environ.get("SCRIPTGEN_PROXY_LISTEN", "127.0.0.1")
 
 CONFIG = """\
 [scriptgen]
 model_dir = {models}
-listen = 127.0.0.1
+listen = {listen}
 ports = {ports}
 events = {events}
 reload_interval = 0
@@ -46,9 +50,12 @@ def start_emulator(
     expiry: float = 1.0,
     learn: bool = True,
     models: Path | None = None,
+    listen: str = LISTEN,
+    scriptgen: dict[str, Any] | None = None,
     **proxy: Any,
 ) -> Emulator:
-    """twistd with the proxy on; ``proxy`` overrides [proxy] keys."""
+    """twistd with the proxy on, listening on ``listen``; ``proxy`` overrides [proxy]
+    keys, ``scriptgen`` adds [scriptgen] keys."""
     models = models or tmp / "models"
     models.mkdir(parents=True, exist_ok=True)
     events, spool = tmp / "events.json", tmp / "spool"
@@ -58,7 +65,10 @@ def start_emulator(
         "learn": str(learn).lower(), **proxy,
     }  # fmt: skip
     section = "\n".join(f"{k} = {v}" for k, v in keys.items())
-    config = CONFIG.format(models=models, ports=ports, events=events, proxy=section)
+    config = CONFIG.format(models=models, ports=ports, events=events, proxy=section, listen=listen)
+    if scriptgen:
+        extra = "".join(f"{k} = {v}\n" for k, v in scriptgen.items())
+        config = config.replace("[proxy]\n", extra + "[proxy]\n", 1)
     return Emulator.start(tmp, config, events, models=models, spool=spool)
 
 

@@ -15,7 +15,7 @@ from scriptgen.trace import read_conversations
 from tests.emulator_support import TWISTD
 from tests.lab import clients
 from tests.lab.servers import DnsServer
-from tests.proxy_support import POOL, Emulator, start_emulator, stop_emulator, tracebacks
+from tests.proxy_support import LISTEN, POOL, Emulator, start_emulator, stop_emulator, tracebacks
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,7 +29,7 @@ NAMES = ("www", "ftp", "mail")
 
 def ask(emu: Emulator, name: str) -> list[str]:
     """dig one A question; the problems (empty: it succeeded)."""
-    res = clients.dig("127.0.0.1", emu.ports["udp/53=0"], f"{name}.lab.test", "A", timeout=8)
+    res = clients.dig(LISTEN, emu.ports["udp/53=0"], f"{name}.lab.test", "A", timeout=8)
     out = res.stdout
     problems = [] if res.status == 0 else [f"status {res.status}"]
     problems += [] if "status: NOERROR" in out else ["not NOERROR"]

@@ -18,7 +18,14 @@ import pytest
 from scriptgen.model import save_machine
 from scriptgen.trace import Direction, read_conversations
 from tests.emulator_support import TWISTD
-from tests.proxy_support import Emulator, FakeHost, start_emulator, stop_emulator, tracebacks
+from tests.proxy_support import (
+    LISTEN,
+    Emulator,
+    FakeHost,
+    start_emulator,
+    stop_emulator,
+    tracebacks,
+)
 from tests.test_emulate_support import line_machine
 
 pytestmark = [
@@ -36,7 +43,7 @@ def emulator(tmp: Path, port: int, **proxy: object) -> Emulator:
 
 def connect(emu: Emulator, source: str = "127.0.0.1") -> socket.socket:
     [port] = emu.ports.values()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    sock = socket.create_connection((LISTEN, port), timeout=5, source_address=(source, 0))
     assert sock.recv(100) == b"220 hello\r\n"  # the emulated banner
     return sock
 
@@ -254,4 +261,4 @@ def test_every_open_connection_of_the_source_is_handed_over(tmp_path: Path) -> N
 
 def connect_raw(emu: Emulator) -> socket.socket:
     [port] = emu.ports.values()
-    return socket.create_connection(("127.0.0.1", port), timeout=5)
+    return socket.create_connection((LISTEN, port), timeout=5)

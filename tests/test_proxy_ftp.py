@@ -20,7 +20,7 @@ import pytest
 from tests.emulator_support import TWISTD
 from tests.lab import clients
 from tests.lab.servers import PUBLIC_FILES, FtpServer
-from tests.proxy_support import POOL, Emulator, start_emulator, stop_emulator, tracebacks
+from tests.proxy_support import LISTEN, POOL, Emulator, start_emulator, stop_emulator, tracebacks
 
 pytestmark = [
     pytest.mark.integration,
@@ -50,7 +50,7 @@ def run_all(emu: Emulator, rng: random.Random, n: int) -> list[str]:
     problems = []
     for _ in range(n):
         password = f"{rng.choice(('ann', 'bob', 'carol'))}{rng.randint(0, 99)}@example.org"
-        res = clients.ftp_cli("127.0.0.1", port, session(rng), password=password, timeout=15)
+        res = clients.ftp_cli(LISTEN, port, session(rng), password=password, timeout=15)
         missing = [e for e in EXPECTED if e not in res.stdout]
         missing += [] if SIZE.search(res.stdout) else ["size"]
         if res.status != 0 or missing:

@@ -20,6 +20,7 @@ from tests.emulator_support import TWISTD
 from tests.lab import clients
 from tests.lab.servers import RedisServer
 from tests.proxy_support import (
+    LISTEN,
     POOL,
     Emulator,
     start_emulator,
@@ -63,7 +64,7 @@ def run_all(emu: Emulator, cmds: list[tuple[list[str], str | None]]) -> list[str
     port = emu.ports["tcp/6379=0"]
     problems = []
     for cmd, expected in cmds:
-        res = clients.redis_cli("127.0.0.1", port, [cmd], timeout=10)
+        res = clients.redis_cli(LISTEN, port, [cmd], timeout=10)
         out = res.stdout.strip()
         if res.status != 0 or "Error" in out or (expected is not None and out != expected):
             problems.append(f"{cmd}: status {res.status} out {out!r} err {res.stderr[-200:]!r}")

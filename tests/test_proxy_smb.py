@@ -14,7 +14,7 @@ import pytest
 from tests.emulator_support import TWISTD
 from tests.lab import clients
 from tests.lab.servers import SambaServer
-from tests.proxy_support import POOL, Emulator, start_emulator, stop_emulator, tracebacks
+from tests.proxy_support import LISTEN, POOL, Emulator, start_emulator, stop_emulator, tracebacks
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,7 +28,7 @@ TRAIN = 3
 
 def listing(emu: Emulator) -> list[str]:
     """The names smbclient lists on the share (fails on an unsuccessful run)."""
-    res = clients.smbclient("127.0.0.1", emu.ports["tcp/139=0"], command="ls", timeout=20)
+    res = clients.smbclient(LISTEN, emu.ports["tcp/139=0"], command="ls", timeout=20)
     assert res.status == 0, res.stderr[-500:]
     names = [line.split()[0] for line in res.stdout.splitlines() if line.startswith("  ")]
     assert names, res.stdout

@@ -63,6 +63,10 @@ class ProxyConfig:
     buffer_bytes: int = 64 * 1024 * 1024  # transcript bytes kept for all sources
     record_bytes: int = 64 * 1024 * 1024  # largest recording (pcap) per source allocation
     learn: bool = True  # learn recordings online (off: keep them pending)
+    doubt_samples: int = 8  # a matched transition with fewer, answers of several shapes: proxied
+    relearn_bytes: int = 16 * 1024 * 1024  # recordings relearned with each batch (0: off)
+    min_cluster_size: int = 0  # region analysis of online learning (0: trainer default)
+    micro_min_count: int = 0  # likewise (0: trainer default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +265,10 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "buffer_bytes": _int(0),
         "record_bytes": _int(1024),
         "learn": _bool,
+        "doubt_samples": _int(0),
+        "relearn_bytes": _int(0),
+        "min_cluster_size": _int(0),
+        "micro_min_count": _int(0),
     },
     "limits": {
         "max_connections": _int(1),

@@ -28,42 +28,48 @@ from scriptgen.emulate.recorder import Spool
 log = Logger(namespace="scriptgen")
 
 Key = tuple[str, int]
-_Sig = tuple[str, int, int, str]  # protocol, port, state, pattern json
+_Sig = tuple[str, int, str, str]  # protocol, port, patterns to the state, pattern json
 
 
 def _transitions(model_dir: Path) -> dict[_Sig, dict[str, Any]]:
+    """Every transition, keyed by where it is (the patterns leading to its state) and
+    its pattern: state ids are not stable when a model is learned again from its base."""
     import json
 
     from scriptgen.model import load_model_dir
 
     out: dict[_Sig, dict[str, Any]] = {}
     for (proto, port), machine in load_model_dir(model_dir).items():
-        for state in machine.states.values():
+        paths: dict[int, str] = {machine.root: ""}
+        todo = [machine.root]
+        while todo:  # breadth first: each state's shortest path, in transition order
+            state = machine.states[todo.pop(0)]
             for t in state.transitions:
-                sig = (proto, port, state.id, json.dumps(t.pattern.to_json(), sort_keys=True))
-                out[sig] = {
+                pattern = json.dumps(t.pattern.to_json(), sort_keys=True)
+                sig = (proto, port, paths[state.id], pattern)
+                out.setdefault(sig, {
                     "port": f"{proto}/{port}",
                     "state": state.id,
                     "target": t.target,
                     "pattern": t.pattern.describe(),
                     "regex": t.pattern.compiled.pattern.decode("latin-1"),
                     "fixed_bytes": t.pattern.specificity,
-                }
+                })  # fmt: skip
+                if t.target not in paths and t.target in machine.states:
+                    paths[t.target] = paths[state.id] + "\n" + pattern
+                    todo.append(t.target)
     return out
 
 
-def learn_files(model_dir: str, paths: list[str]) -> dict[str, Any]:
-    """Worker entry: update + refine the models with the recordings; what is new.
+def _options(region: dict[str, Any] | None) -> Any:
+    from scriptgen.learn.regions import RegionOptions
+    from scriptgen.learn.trainer import TrainOptions
 
-    Returns the new transitions (patterns usable as signatures) and per
-    port counts. Raises what the trainer raises (TraceError, ModelError).
-    """
-    from scriptgen.learn.trainer import train
+    return TrainOptions(region=RegionOptions(**region)) if region else None
 
-    directory = Path(model_dir)
-    before = _transitions(directory) if directory.is_dir() else {}
-    report = train(paths, directory)
-    after = _transitions(directory)
+
+def _report(before: dict[_Sig, dict[str, Any]], after: dict[_Sig, dict[str, Any]],
+            report: Any) -> dict[str, Any]:  # fmt: skip
     new = [after[k] for k in sorted(set(after) - set(before))]
     ports = [
         {"port": f"{p.protocol}/{p.port}", "states": p.states, "transitions": p.transitions,
@@ -71,6 +77,144 @@ def learn_files(model_dir: str, paths: list[str]) -> dict[str, Any]:
         for p in report.ports
     ]  # fmt: skip
     return {"new": new, "ports": ports}
+
+
+def learn_files(
+    model_dir: str, paths: list[str], region: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Worker entry: update + refine the models with the recordings; what is new.
+
+    ``region`` overrides region-analysis options (``[proxy] min_cluster_size``
+    ...): a relayed dialog is what the real server said, so fewer samples can
+    be enough to believe it. Returns the new transitions (patterns usable as
+    signatures) and per port counts. Raises what the trainer raises
+    (TraceError, ModelError).
+    """
+    from scriptgen.learn.trainer import train
+
+    directory = Path(model_dir)
+    before = _transitions(directory) if directory.is_dir() else {}
+    report = train(paths, directory, _options(region))
+    return _report(before, _transitions(directory), report)
+
+
+RELEARN_DIR = "relearn"  # in the spool: the base models and the history of relearning
+HISTORY = "history.json"  # in the relearn directory: recordings since the base, files written
+
+
+def relearn_files(
+    model_dir: str,
+    paths: list[str],
+    base_dir: str,
+    budget: int,
+    region: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Worker entry: learn the base model *and every recording learned online so far*
+    at once, then install the result in ``model_dir``; what is new.
+
+    Why: learning recordings one batch at a time sees only that batch's
+    dialogs in the passes that compare dialogs with each other -- answer
+    splitting (a region value that predicts the answer needs two requests
+    with that value), content dependencies -- so commands that were lumped
+    together early stay lumped. Learning base + history + new is what one
+    training on all of it gives, and learning a recording twice is harmless.
+
+    ``base_dir`` holds the models as they were before the recordings listed
+    in its history file. A model file in ``model_dir`` that differs from what
+    this function last wrote there (changed by someone else, or a first run)
+    starts a new base from the current files. Recordings beyond ``budget``
+    bytes in all are folded into the base, oldest first (learned
+    incrementally into it), so the cost of one batch stays bounded.
+    """
+    import shutil
+    import tempfile
+
+    from scriptgen.learn.trainer import sha256_file, train
+    from scriptgen.model.store import model_files
+
+    directory, base = Path(model_dir), Path(base_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    history = _read_history(base)
+    current = {f.name: sha256_file(f) for f in model_files(directory)} if directory.is_dir() else {}
+    if current != history["written"]:  # a first run, or someone else changed the models
+        for f in model_files(base):
+            f.unlink()
+        for f in model_files(directory) if directory.is_dir() else []:
+            shutil.copyfile(f, base / f.name)
+        history = {"recordings": [], "written": current}
+    spool = base.parent
+    older = [str(p) for p in (_find(spool, n) for n in history["recordings"]) if p is not None]
+    names = [n for n in history["recordings"] if _find(spool, n) is not None]
+    options = _options(region)
+    while older and sum(_size(f) for f in older + paths) > budget:
+        train([older[0]], base, options)  # folded into the base for good
+        older, names = older[1:], names[1:]
+    before = _transitions(directory) if directory.is_dir() else {}
+    with tempfile.TemporaryDirectory(prefix=".relearn-", dir=base) as tmp:
+        for f in model_files(base):
+            shutil.copyfile(f, Path(tmp) / f.name)
+        report = train(older + paths, tmp, options)
+        written = {}
+        for f in model_files(tmp):
+            written[f.name] = sha256_file(_install(f, directory))
+    names += [Path(p).name for p in paths if Path(p).name not in names]
+    _write_history(base, {"recordings": names, "written": {**current, **written}})
+    return _report(before, _transitions(directory), report)
+
+
+def _size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def _find(spool: Path, name: str) -> Path | None:
+    """A recording of the history, pending (top) or learned (``learned/``)."""
+    for where in (spool / "learned" / name, spool / name):
+        if where.is_file():
+            return where
+    return None
+
+
+def _install(model: Path, directory: Path) -> Path:
+    """Put a model file into ``directory`` atomically (save_machine: temp file, fsync,
+    rename); the same bytes, since a model's serialisation is deterministic."""
+    from scriptgen.model import save_machine
+    from scriptgen.model.store import load_machine
+
+    return save_machine(load_machine(model), directory)
+
+
+def _read_history(base: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        obj = json.loads((base / HISTORY).read_text())
+        recordings = [str(n) for n in obj["recordings"] if "/" not in str(n)]
+        written = {str(k): str(v) for k, v in obj["written"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {"recordings": [], "written": {"?": "no history"}}  # forces a new base
+    return {"recordings": recordings, "written": written}
+
+
+def _write_history(base: Path, history: dict[str, Any]) -> None:
+    import json
+    import os
+
+    tmp = base / (HISTORY + ".tmp")
+    tmp.write_text(json.dumps(history, sort_keys=True))
+    os.replace(tmp, base / HISTORY)
+
+
+def region_overrides(min_cluster_size: int, micro_min_count: int) -> dict[str, int]:
+    """The ``[proxy]`` learning keys as region options (0: the trainer's default)."""
+    out = {}
+    if min_cluster_size:
+        out["min_cluster_size"] = min_cluster_size
+    if micro_min_count:
+        out["micro_min_count"] = micro_min_count
+    return out
 
 
 class OnlineLearner:
@@ -84,6 +228,8 @@ class OnlineLearner:
         defer_to_thread: Callable[..., Any],
         reload: Callable[[], Any],
         worker: Callable[[str, list[str]], dict[str, Any]] | None = None,
+        region: dict[str, Any] | None = None,
+        relearn_bytes: int = 0,
     ) -> None:
         self.model_dir = model_dir
         self.spool = spool
@@ -91,6 +237,8 @@ class OnlineLearner:
         self.defer_to_thread = defer_to_thread
         self.reload = reload
         self.worker = worker  # None: the trainer in a worker process
+        self.region = dict(region or {})  # region-analysis options for online learning
+        self.relearn_bytes = relearn_bytes  # 0: batch by batch; else recordings relearned
         self.queue: list[Path] = []
         self.busy = False
         self.batches = 0  # finished batches (tests wait on it)
@@ -141,7 +289,14 @@ class OnlineLearner:
             return self.worker(str(self.model_dir), files)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        return self._pool.submit(learn_files, str(self.model_dir), files).result()
+        if self.relearn_bytes > 0:
+            base = str(self.spool.root / RELEARN_DIR)
+            future = self._pool.submit(
+                relearn_files, str(self.model_dir), files, base, self.relearn_bytes, self.region
+            )
+        else:
+            future = self._pool.submit(learn_files, str(self.model_dir), files, self.region)
+        return future.result()
 
     def _learned(
         self, result: tuple[dict[str, Any] | None, list[tuple[Path, str]]], batch: list[Path]

@@ -31,6 +31,7 @@ Decisions (see docs/proxy.md):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,48 @@ EMULATING, CONNECTING, REPLAYING, RELAYING, CLOSED = (
     "relaying",
     "closed",
 )
+
+
+_SHAPE_BYTES = 256  # bytes of each answer that decide its shape
+# Byte classes of an answer's shape: letters and digits (words, numbers, names),
+# other non-printable bytes; tab, CR, LF, space and punctuation stay themselves.
+_WORD, _BINARY = b"\x01", b"\x02"
+_CLASSES = bytes(
+    _WORD[0] if b < 128 and chr(b).isalnum()
+    else b if 0x20 <= b < 0x7F or b in (9, 10, 13)
+    else _BINARY[0]
+    for b in range(256)
+)  # fmt: skip
+_RUNS = re.compile(rb"([\x01\x02])\1+")
+
+
+def shape(answer: bytes) -> bytes:
+    """What an answer looks like, not what it says: runs of letters and digits, and
+    runs of other binary bytes, collapsed to one class byte each; punctuation,
+    spaces and line ends kept.
+
+    Why: answers of one kind of request differ in values (a counter, a name,
+    an id) but keep their form; answers of different requests lumped into one
+    transition (a stored value, a miss, an error) differ in form. Nothing here
+    knows a protocol.
+    """
+    return _RUNS.sub(rb"\1", answer[:_SHAPE_BYTES].translate(_CLASSES))
+
+
+def doubtful(transition: Any, state: Any, min_samples: int) -> dict[str, Any] | None:
+    """Why a matched transition is not to be trusted yet, or None.
+
+    A transition learned from fewer than ``min_samples`` requests whose target
+    state saw answers of more than one shape probably lumps different requests
+    together (region analysis with few samples); the real host knows better,
+    and its answer is a sample that can tell them apart.
+    """
+    if min_samples <= 0 or transition.samples >= min_samples or len(state.answers) < 2:
+        return None
+    shapes = {shape(a) for a in state.answers}
+    if len(shapes) < 2:
+        return None
+    return {"samples": transition.samples, "shapes": len(shapes)}
 
 
 def similar(expected: bytes, got: bytes, threshold: float) -> float | None:
@@ -167,6 +210,20 @@ class Tap:
         self.size += n
         self.turns.append((request, answer))
 
+    def doubt(self, step: Any) -> bool:
+        """A matched request whose transition is too uncertain to answer from:
+        True when the pool host takes it (as if it were unmatched)."""
+        if self.mode != EMULATING or self.overflow:
+            return False
+        state = self.proto.machine.machine.states.get(step.target.id)
+        why = None if state is None else doubtful(
+            step.rule.transition, state, self.proxy.config.doubt_samples
+        )  # fmt: skip
+        if why is None:
+            return False
+        why.update(state=step.state.id, target=step.target.id)
+        return self.proxy.take_over(self, step.request, doubt=why)
+
     def from_client(self, data: bytes) -> None:
         self.source.last = self.proxy.clock.seconds()
         if self.mode == RELAYING and self.upstream is not None:
@@ -212,8 +269,8 @@ class Tap:
     def start(self, host: str) -> None:
         """Switch this connection to the host: pause the client, connect."""
         left = self.proto.hand_over()  # bytes the emulator had not judged yet
-        if left:
-            self.pending.insert(0, left)
+        if left:  # after the request that was handed over (a doubted one leaves the rest)
+            self.pending.append(left)
         self.mode = CONNECTING  # the client is still read: a client that leaves is noticed
         cfg = self.proxy.config
         port = self.proto.machine.key[1]
@@ -438,8 +495,9 @@ class Proxy:
         if source.host is None and not source.taps:
             self.sources.pop(source.ip, None)
 
-    def take_over(self, tap: Tap, request: bytes | None) -> bool:
-        """An unmatched request (None: the model knows nothing yet): proxy the source.
+    def take_over(self, tap: Tap, request: bytes | None, doubt: dict | None = None) -> bool:
+        """An unmatched request (None: the model knows nothing yet), or a matched one
+        whose transition is in ``doubt``: proxy the source.
 
         False: nothing was started and the emulator's own policy applies.
         """
@@ -461,6 +519,7 @@ class Proxy:
                 request=request or b"",
                 connections=len(source.taps),
                 recording=source.recording.path.name,
+                **({"doubt": doubt} if doubt else {}),
             )
             self._arm_expiry(source)
         if not self._admit(tap):

@@ -82,7 +82,7 @@ class EmulatorService(MultiService):
 
     def _build_proxy(self) -> None:
         """Proxy, spool and online learner (imported here: only with the proxy on)."""
-        from scriptgen.emulate.online import OnlineLearner
+        from scriptgen.emulate.online import OnlineLearner, region_overrides
         from scriptgen.emulate.proxy import Proxy
         from scriptgen.emulate.recorder import Spool
 
@@ -97,8 +97,10 @@ class EmulatorService(MultiService):
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
         self.learner = OnlineLearner(
-            self.config.model_dir, spool, events.emit, in_thread, self.holder.reload
-        )
+            self.config.model_dir, spool, events.emit, in_thread, self.holder.reload,
+            region=region_overrides(cfg.min_cluster_size, cfg.micro_min_count),
+            relearn_bytes=cfg.relearn_bytes,
+        )  # fmt: skip
 
         def connect(host: str, port: int, factory: Any, timeout: float) -> Any:
             return reactor.connectTCP(host, port, factory, timeout=timeout)

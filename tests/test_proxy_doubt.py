@@ -1,0 +1,93 @@
+"""Doubted transitions: a matched request whose transition was learned from few
+requests and whose state saw answers of several shapes goes to a pool host, as
+an unmatched one would (fakes, no sockets; the benchmark measures the effect)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scriptgen.emulate.dialog import Dialog, Matched
+from scriptgen.emulate.matching import CompiledMachine
+from scriptgen.emulate.proxy import doubtful, shape
+from scriptgen.model import Transition
+from tests.test_emulate_support import line_machine
+from tests.test_proxy_unit import FakeProto, make
+
+
+def test_shape_keeps_the_form_and_drops_the_values() -> None:
+    assert shape(b":30\r\n") == shape(b":1\r\n")  # a number is a number
+    assert shape(b"$5\r\nhello\r\n") == shape(b"$12\r\nabcdefghijkl\r\n")
+    assert shape(b"331 Password for ann\r\n") == shape(b"331 Password for bob99\r\n")
+    assert shape(b"\x00\x12\xab\x00ok") == shape(b"\x7f\x01\x00ok")  # binary ids
+    assert shape(b":1\r\n") != shape(b"$-1\r\n") != shape(b"-ERR unknown\r\n")
+    assert shape(b"") != shape(b"+OK\r\n")  # silence is a shape too
+    assert len(shape(b"x" * 10_000 + b"\x00" * 10_000)) <= 256
+
+
+def _state(answers: dict[bytes, int]):  # type: ignore[no-untyped-def]
+    m = line_machine()
+    state = m.states[1]
+    state.answers = answers
+    return state
+
+
+def test_doubtful_needs_few_samples_and_several_shapes() -> None:
+    few, many = Transition(None, 1, samples=3), Transition(None, 1, samples=8)  # type: ignore[arg-type]
+    mixed = _state({b":1\r\n": 1, b"$-1\r\n": 1, b"*0\r\n": 1})
+    values = _state({b":30\r\n": 1, b":62\r\n": 1, b":7\r\n": 1})
+    assert doubtful(few, mixed, 8) == {"samples": 3, "shapes": 3}
+    assert doubtful(many, mixed, 8) is None  # enough samples: the modal answer is trusted
+    assert doubtful(few, values, 8) is None  # values differ, the form does not
+    assert doubtful(few, _state({b"+OK\r\n": 1}), 8) is None
+    assert doubtful(few, mixed, 0) is None  # off
+
+
+def _step(machine: CompiledMachine, data: bytes) -> Matched:
+    [step] = Dialog(machine, 1 << 16).feed(data)
+    assert isinstance(step, Matched)
+    return step
+
+
+def _machine(samples: int, answers: dict[bytes, int]) -> CompiledMachine:
+    m = line_machine(21)
+    for t in m.states[0].transitions:
+        t.samples = samples
+    m.states[2].answers = answers  # USER -> state 2
+    return CompiledMachine.build(m)
+
+
+def test_a_doubted_request_is_handed_to_the_host_with_what_followed(tmp_path: Path) -> None:
+    proxy, connects, events, _, _ = make(tmp_path, doubt_samples=8)
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1, b"": 1})
+    proto = FakeProto(machine, "127.0.0.5", 4000)
+    proto.hand_over = lambda: b"PING\r\n"  # type: ignore[method-assign]  # pipelined after it
+    tap = proxy.attach(proto)
+    tap.emulated(b"", b"220 hello\r\n")
+    assert tap.doubt(_step(machine, b"USER ann\r\n"))
+    assert tap.proxied and connects == [("127.0.0.9", 21)]
+    assert tap.pending == [b"USER ann\r\n", b"PING\r\n"]  # in the client's order
+    [(eid, allocated)] = [(e, f) for e, f in events if e == "scriptgen.proxy.allocated"]
+    assert allocated["doubt"] == {"samples": 2, "shapes": 3, "state": 0, "target": 2}
+    assert allocated["request"] == b"USER ann\r\n"
+
+
+def test_a_trusted_request_stays_with_the_emulator(tmp_path: Path) -> None:
+    proxy, connects, events, _, _ = make(tmp_path, doubt_samples=8)
+    for machine in (
+        _machine(9, {b"331 password?\r\n": 1, b"530 no\r\n": 1}),  # enough samples
+        _machine(2, {b"331 password?\r\n": 5}),  # one shape
+    ):
+        tap = proxy.attach(FakeProto(machine, "127.0.0.5", 4000))
+        assert not tap.doubt(_step(machine, b"USER ann\r\n"))
+        assert not tap.proxied
+    assert connects == [] and events == []
+
+
+def test_no_host_free_means_the_emulator_answers(tmp_path: Path) -> None:
+    proxy, _connects, events, _, _ = make(tmp_path, doubt_samples=8)
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    assert proxy.take_over(proxy.attach(FakeProto(machine, "127.0.0.6", 4000)), b"X\r\n")
+    tap = proxy.attach(FakeProto(machine, "127.0.0.5", 4000))
+    assert not tap.doubt(_step(machine, b"USER ann\r\n"))  # pool exhausted: answer it
+    assert not tap.proxied
+    assert ("scriptgen.proxy.failed", {"reason": "pool_exhausted"}) in events

@@ -1,0 +1,107 @@
+"""Online relearning: each batch is learned with every recording learned online
+before it, from the base model -- the result is what one training on all of it
+gives (the real trainer, small synthesized recordings)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from scriptgen.emulate.online import HISTORY, relearn_files
+from scriptgen.emulate.recorder import Spool
+from scriptgen.learn.trainer import train
+
+MODEL = "tcp-6379.json"
+
+
+def recording(spool: Spool, port: int, dialogs: list[list[tuple[bytes, bytes]]]) -> Path:
+    """A pending recording of ``dialogs`` (one connection each), written inline."""
+    rec = spool.new("127.0.0.9", "127.0.0.2")
+    t = time.time()
+    for i, turns in enumerate(dialogs):
+        flow = rec.flow(("127.0.0.9", port + i), ("127.0.0.1", 6379))
+        for request, answer in turns:
+            t += 0.01
+            flow.data(False, request, t)
+            flow.data(True, answer, t + 0.005)
+        flow.close(t + 0.01)
+    box: list = []
+    rec.finish().addBoth(box.append)
+    assert isinstance(box[0], Path), box
+    return box[0]
+
+
+def commands(word: bytes, answer: bytes, n: int = 3) -> list[list[tuple[bytes, bytes]]]:
+    return [[(word + b" key%d\r\n" % i, answer)] for i in range(n)]
+
+
+def scratch(tmp: Path, files: list[Path], name: str) -> bytes:
+    out = tmp / name
+    train([str(f) for f in files], out)
+    return (out / MODEL).read_bytes()
+
+
+def test_batch_by_batch_gives_what_one_training_on_all_gives(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    a = recording(spool, 40000, commands(b"GET", b"$-1\r\n"))
+    b = recording(spool, 41000, commands(b"DEL", b":0\r\n"))
+    models, base = tmp_path / "models", str(spool.root / "relearn")
+    first = relearn_files(str(models), [str(a)], base, 1 << 20)
+    assert first["new"] and first["ports"][0]["port"] == "tcp/6379"
+    (spool.root / "learned" / a.name).parent.mkdir(exist_ok=True)
+    shutil.move(a, spool.root / "learned" / a.name)  # as the spool does once learned
+    second = relearn_files(str(models), [str(b)], base, 1 << 20)
+    both = scratch(tmp_path, [spool.root / "learned" / a.name, b], "scratch")
+    assert (models / MODEL).read_bytes() == both
+    history = json.loads((spool.root / "relearn" / HISTORY).read_text())
+    assert history["recordings"] == [a.name, b.name]
+    # what the first batch learned is not reported again (state ids may move)
+    assert all("DEL" in t["pattern"] for t in second["new"])
+
+
+def test_a_model_changed_by_someone_else_starts_a_new_base(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    a = recording(spool, 40000, commands(b"GET", b"$-1\r\n"))
+    b = recording(spool, 41000, commands(b"DEL", b":0\r\n"))
+    c = recording(spool, 42000, commands(b"TTL", b":-2\r\n"))
+    models, base = tmp_path / "models", str(spool.root / "relearn")
+    relearn_files(str(models), [str(a)], base, 1 << 20)
+    (models / MODEL).write_bytes(scratch(tmp_path, [c], "operator"))  # scriptgen train
+    relearn_files(str(models), [str(b)], base, 1 << 20)
+    expected = tmp_path / "expected"
+    train([str(c)], expected)
+    train([str(b)], expected)  # the operator's model, then the new batch: a not again
+    assert (models / MODEL).read_bytes() == (expected / MODEL).read_bytes()
+    assert json.loads((spool.root / "relearn" / HISTORY).read_text())["recordings"] == [b.name]
+
+
+def test_recordings_over_the_budget_are_folded_into_the_base(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    a = recording(spool, 40000, commands(b"GET", b"$-1\r\n"))
+    b = recording(spool, 41000, commands(b"DEL", b":0\r\n"))
+    models, base = tmp_path / "models", spool.root / "relearn"
+    budget = b.stat().st_size + 1  # room for one recording
+    relearn_files(str(models), [str(a)], str(base), budget)
+    relearn_files(str(models), [str(b)], str(base), budget)
+    assert json.loads((base / HISTORY).read_text())["recordings"] == [b.name]
+    expected = tmp_path / "expected"
+    train([str(a)], expected)
+    assert (base / MODEL).read_bytes() == (expected / MODEL).read_bytes()  # a, for good
+    train([str(b)], expected)
+    assert (models / MODEL).read_bytes() == (expected / MODEL).read_bytes()
+
+
+def test_a_damaged_history_starts_a_new_base(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    a = recording(spool, 40000, commands(b"GET", b"$-1\r\n"))
+    b = recording(spool, 41000, commands(b"DEL", b":0\r\n"))
+    models, base = tmp_path / "models", spool.root / "relearn"
+    relearn_files(str(models), [str(a)], str(base), 1 << 20)
+    (base / HISTORY).write_bytes(b"\xff{not json")
+    relearn_files(str(models), [str(b)], str(base), 1 << 20)
+    expected = tmp_path / "expected"
+    train([str(a)], expected)
+    train([str(b)], expected)
+    assert (models / MODEL).read_bytes() == (expected / MODEL).read_bytes()
