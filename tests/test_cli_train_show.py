@@ -255,8 +255,11 @@ def test_dot_output_renders_with_graphviz(tmp_path, capsys, learned):
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     assert "<svg" in r.stdout
-    # every state is a node, every transition an edge
-    assert r.stdout.count('class="node"') == 3 + len(load_states(learned / "tcp-21.json"))
+    # every state is a node, every transition an edge, and each port a signal opens
+    # (session dependencies; those machines are not shown) one more node
+    states = load_states(learned / "tcp-21.json")
+    opened = {sig["opens"] for s in states for sig in s.get("signals", [])}
+    assert r.stdout.count('class="node"') == 3 + len(states) + len(opened)
     assert "quoted" in r.stdout and "USER" in r.stdout
 
 

@@ -93,11 +93,9 @@ def region_options_class():
     return RegionOptions
 
 
-# Region analysis as configured for each check: the defaults for "commands are
-# told apart"; every cluster kept (min_cluster_size=1) for "every training
-# conversation replays", since with the defaults a request seen fewer than
-# min_cluster_size times at a state stays in the bucket by design.
-SETTINGS = {"defaults": {}, "keep-all": {"min_cluster_size": 1}}
+# Region analysis as configured for each check (the defaults everywhere; a request
+# seen fewer than min_cluster_size times at a state becomes a verbatim transition).
+SETTINGS = {"defaults": {}}
 _learned: dict[tuple[str, str], tuple[Machine, list]] = {}
 
 
@@ -158,19 +156,12 @@ def test_distinct_commands_take_distinct_transitions(case):
     # Every key command gets its own transition, except where measured otherwise
     # (a floor of 3 could never pass for redis's 2 keys, so its strict xfail
     # could not notice a fix).
-    missing = keys - learned_keys
-    assert missing <= NOT_REACHED.get(case, set()), missing
-
-
-# Key commands measured to stay in buckets with the default options: FTP LIST
-# and RETR come late in varied sessions, where fewer than min_cluster_size
-# requests reach one state.
-NOT_REACHED = {"ftp": {"LIST", "RETR"}}
+    assert not keys - learned_keys, keys - learned_keys
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_training_conversation_replays_without_reaching_a_bucket(case):
-    machine, dialogs, labeller = learned(case, "keep-all")
+    machine, dialogs, labeller = learned(case)
     stuck = []
     for d in dialogs:
         n, stop = replay(machine, d.suffix)

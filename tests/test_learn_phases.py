@@ -131,20 +131,30 @@ def test_bucket_is_bounded_and_drops_are_counted():
     assert machine.states[0].samples == 12
 
 
-def test_a_bucket_full_of_junk_still_learns_a_later_recurring_request():
+@pytest.mark.parametrize("verbatim", [False, True])
+def test_a_bucket_full_of_junk_still_learns_a_later_recurring_request(verbatim):
     """One-offs fill the bucket first; requests that recur later must still get in
-    (a share of them), be analysed and become a transition."""
+    (a share of them), be analysed and become a transition. With verbatim
+    leftovers the first one-offs become exact transitions, up to the bound; the
+    rest of the flood stays in the bucket."""
     junk = [dialog([(b"%04d-junk" % i, b"")], origin=f"j{i}") for i in range(300)]
     hello = [dialog([(b"HELLO", b"hi")], origin=f"h{i}") for i in range(100)]
     machine = Machine("tcp", 21)
-    learner = Learner(machine, make_standin(min_size=3), LearnOptions(max_bucket=50))
+    options = LearnOptions(max_bucket=50, verbatim=verbatim, max_verbatim=20)
+    learner = Learner(machine, make_standin(min_size=3), options)
     learner.add(junk[:50])  # full
     learner.refine()
-    learner.add(junk[50:] + hello)
     root = machine.states[0]
-    assert len(root.bucket) == 50 and root.dropped == 350
+    exact = [t for t in root.transitions if t.verbatim]
+    assert len(exact) == (20 if verbatim else 0)
+    assert len(root.bucket) == (30 if verbatim else 50)
+    learner.add(junk[50:] + hello)
+    assert len(root.bucket) == 50 and root.dropped == (330 if verbatim else 350)
     learner.refine()
-    assert [t.pattern for t in root.transitions] == [Pattern.literal(b"HELLO")]
+    general = [t.pattern for t in root.transitions if not t.verbatim]
+    assert general == [Pattern.literal(b"HELLO")]
+    assert [t for t in root.transitions if t.verbatim] == exact  # the bound holds
+    assert all(t.samples == 1 and t.pattern.specificity == 9 for t in exact)
 
 
 def test_a_full_bucket_keeps_the_same_sample_whatever_the_arrival_order():
@@ -175,13 +185,37 @@ def test_refinement_resumes_from_the_bucket_state_not_the_root():
 
 def test_small_clusters_stay_in_the_bucket_and_refinement_stops():
     machine = Machine("tcp", 21)
-    learner = Learner(machine, make_standin(min_size=3))
+    learner = Learner(machine, make_standin(min_size=3), LearnOptions(verbatim=False))
     flows = figure6_flows(4) + [dialog([(b"ODD1", b"?")]), dialog([(b"WEIRD", b"?")])]
     learner.add(flows)
     reports = learner.refine()
     assert len(reports) <= 5
     left = sorted(s.turns[0].request for s in machine.states[0].bucket)
     assert left == [b"ODD1", b"WEIRD"]
+
+
+def test_small_clusters_become_verbatim_transitions_by_default():
+    """What formed no cluster becomes one exact transition per distinct request;
+    the rest of those dialogs is learned below them; nothing stays in a bucket."""
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin(min_size=3))
+    odd = dialog([(b"ODD1", b"?1"), (b"MORE", b"!")])
+    flows = figure6_flows(4) + [odd, dialog([(b"WEIRD", b"?2")]), dialog([(b"WEIRD", b"?2")])]
+    learner.add(flows)
+    reports = learner.refine()
+    assert sum(r.verbatim for r in reports) == 3  # ODD1, WEIRD, then MORE below ODD1
+    assert bucket_sizes(machine) == {}
+    root = machine.states[0]
+    exact = [t for t in root.transitions if t.verbatim]
+    # the most frequent first, then shorter, then bytewise
+    assert [t.pattern for t in exact] == [Pattern.literal(b"WEIRD"), Pattern.literal(b"ODD1")]
+    assert [t.samples for t in exact] == [2, 1]
+    assert not exact[0].pattern.fullmatch(b"WEIRD!") and not exact[0].pattern.fullmatch(b"WEIRE")
+    (more,) = machine.states[exact[1].target].transitions
+    assert more.verbatim and more.pattern == Pattern.literal(b"MORE")
+    for flow in flows:
+        assert replay(machine, flow.suffix)[1] is None
+    assert not any(t.verbatim for t in root.transitions if t.pattern.regions[0].fixed == b"USER ")
 
 
 def test_identical_pattern_is_reused_not_duplicated():
@@ -211,7 +245,7 @@ def test_widening_takes_a_longer_value_of_a_known_field():
     assert replay(machine, Suffix((Turn(b"USER user12345\r\n", b""),))) == (1, None)
     assert machine.states[0].bucket == []
     # Beyond the slack (here 8 bytes) it is new data, not a near miss.
-    learner.options = LearnOptions(regeneralise=False)
+    learner.options = LearnOptions(regeneralise=False, verbatim=False)
     learner.add([dialog([(b"USER user" + b"x" * 40 + b"\r\n", b"")])])
     assert learner.refine()[0].widened == 0
     assert len(machine.states[0].bucket) == 1
@@ -219,7 +253,8 @@ def test_widening_takes_a_longer_value_of_a_known_field():
 
 def test_widening_can_be_switched_off():
     machine = Machine("tcp", 21)
-    learner = Learner(machine, make_standin(), LearnOptions(widen=False, regeneralise=False))
+    options = LearnOptions(widen=False, regeneralise=False, verbatim=False)
+    learner = Learner(machine, make_standin(), options)
     learner.add(figure6_flows(5))
     learner.refine()
     learner.add([dialog([(b"USER user12345\r\n", b"331 pw?\r\n")])])
@@ -268,11 +303,34 @@ def test_silent_state_answers_empty():
 @pytest.mark.parametrize("n", [1, 2])
 def test_tiny_inputs_learn_nothing_and_keep_the_data(n):
     machine = Machine("tcp", 21)
-    learner = Learner(machine, make_standin())
+    learner = Learner(machine, make_standin(), LearnOptions(verbatim=False))
     learner.add(figure6_flows(n))
     learner.refine()
     assert machine.states[0].transitions == []
     assert len(machine.states[0].bucket) == n
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_tiny_inputs_are_learned_verbatim_and_generalised_once_enough_arrive(n):
+    machine = Machine("tcp", 21)
+    learner = Learner(machine, make_standin())
+    learner.add(figure6_flows(n))
+    learner.refine()
+    root = machine.states[0]
+    assert len(root.transitions) == n and all(t.verbatim for t in root.transitions)
+    assert all(len(s.transitions) <= n for s in machine.states.values())
+    assert bucket_sizes(machine) == {}
+    # a later run brings the third USER: now a cluster, the verbatim ones give way
+    learner = Learner(machine, make_standin())
+    learner.add(figure6_flows(3)[n:])
+    reports = learner.refine()
+    (user,) = root.transitions
+    assert not user.verbatim and user.pattern.describe() == '"USER user" <1> "\\r\\n"'
+    assert user.samples == 3 and sum(r.absorbed for r in reports) >= n
+    # the verbatim states below were merged into one chain: USER, PASS, LIST
+    assert depth(machine) == 3
+    for flow in figure6_flows(3):
+        assert replay(machine, flow.suffix) == (3, None)
 
 
 def test_regeneralise_joins_new_requests_to_the_state_of_their_kind():
@@ -299,7 +357,7 @@ def test_regeneralise_joins_new_requests_to_the_state_of_their_kind():
 
 def test_regeneralise_off_keeps_the_lone_request_in_the_bucket():
     machine = Machine("tcp", 21)
-    learner = Learner(machine, make_standin(), LearnOptions(regeneralise=False))
+    learner = Learner(machine, make_standin(), LearnOptions(regeneralise=False, verbatim=False))
     learner.add(figure6_flows(5))
     learner.refine()
     learner.add([dialog([(b"USER " + b"y" * 60 + b"\r\n", b"")])])
@@ -307,26 +365,74 @@ def test_regeneralise_off_keeps_the_lone_request_in_the_bucket():
     assert len(machine.states[0].transitions) == 1 and len(machine.states[0].bucket) == 1
 
 
-def test_a_cluster_that_would_merge_two_known_transitions_is_not_taken():
+def two_siblings(second: bytes = b"NEXT%d") -> Machine:
+    """AAAA.. and ABBB.. learned apart (key_len=4), each followed by ``second``."""
     machine = Machine("tcp", 21)
-    learner = Learner(machine, make_standin(key_len=1))
-    learner.add([dialog([(b"AAAA%d" % i, b"a")]) for i in range(3)])
-    learner.add([dialog([(b"ABBB%d" % i, b"b")]) for i in range(3)])
+    learner = Learner(machine, make_standin(key_len=4))
+    learner.add([dialog([(b"AAAA%d" % i, b"a"), (second % i, b"n")]) for i in range(3)])
+    learner.add([dialog([(b"ABBB%d" % i, b"b"), (second % i, b"m")]) for i in range(3)])
     learner.refine()
-    assert len(machine.states[0].transitions) == 1  # the stand-in groups by first byte
-    machine2 = Machine("tcp", 21)
-    l2 = Learner(machine2, make_standin(key_len=4))
-    l2.add([dialog([(b"AAAA%d" % i, b"a")]) for i in range(3)])
-    l2.add([dialog([(b"ABBB%d" % i, b"b")]) for i in range(3)])
-    l2.refine()
-    assert len(machine2.states[0].transitions) == 2
-    # Now a key_len=1 analysis sees one lone "AC.." with examples of both: it would
-    # join both known transitions in one cluster, so it is analysed alone (and stays).
-    l3 = Learner(machine2, make_standin(key_len=1))
-    l3.add([dialog([(b"ACCC1", b"c")])])
-    l3.refine()
-    assert len(machine2.states[0].transitions) == 2
-    assert [s.turns[0].request for s in machine2.states[0].bucket] == [b"ACCC1"]
+    assert len(machine.states[0].transitions) == 2
+    return machine
+
+
+def test_a_cluster_joining_two_known_transitions_merges_their_states():
+    """A learned AAAA.. and ABBB.. apart; B's lone ACCC1 with the remembered examples
+    forms one cluster "A.." (as A+B at once would): one state for all three, whose
+    equal-pattern children (NEXT..) are merged too; the old transitions stay."""
+    machine = two_siblings()
+    assert len(machine.states) == 5
+    learner = Learner(machine, make_standin(key_len=1))
+    b = dialog([(b"ACCC1", b"c"), (b"NEXT7", b"o")])
+    learner.add([b])
+    reports = learner.refine()
+    assert sum(r.merged for r in reports) == 2
+    root = machine.states[0]
+    assert len(root.transitions) == 3
+    (target,) = {t.target for t in root.transitions}
+    merged = machine.states[target]
+    assert merged.answers == {b"a": 3, b"b": 3, b"c": 1} and merged.samples == 7
+    (nxt,) = merged.transitions
+    assert nxt.samples == 7 and machine.states[nxt.target].answers == {b"n": 3, b"m": 3, b"o": 1}
+    assert len(machine.states) == 3
+    assert replay(machine, b.suffix) == (2, None)
+    assert all(not s.bucket for s in machine.states.values())
+
+
+def test_a_merge_that_would_make_a_cycle_is_refused():
+    machine = Machine("tcp", 21)
+    root = machine.states[0]
+    x, y = machine.new_state(), machine.new_state()
+    root.transitions.append(Transition(Pattern.literal(b"AAAA0"), x.id, 3, [b"AAAA0"]))
+    root.transitions.append(Transition(Pattern.literal(b"ABBB0"), y.id, 3, [b"ABBB0"]))
+    x.transitions.append(Transition(Pattern.literal(b"Z"), y.id, 3, [b"Z"]))
+    learner = Learner(machine, make_standin(key_len=1))
+    learner.add([dialog([(b"ACCC1", b"c")])])
+    reports = learner.refine()
+    assert sum(r.merged for r in reports) == 0
+    assert set(machine.states) == {0, x.id, y.id, 3}
+    assert [t.target for t in root.transitions[:2]] == [x.id, y.id]
+    # the lone request formed no usable cluster: it is learned verbatim
+    assert root.transitions[2].verbatim and root.transitions[2].pattern == Pattern.literal(b"ACCC1")
+
+
+def test_merging_redirects_every_edge_and_is_deterministic():
+    """Another state's edge into a merged-away state follows it; same input, same JSON."""
+    outs = []
+    for _ in range(2):
+        machine = two_siblings()
+        root = machine.states[0]
+        other = machine.new_state()
+        b_target = root.transitions[1].target
+        other.transitions.append(Transition(Pattern.literal(b"GO"), b_target, 1, [b"GO"]))
+        root.transitions.append(Transition(Pattern.literal(b"OTHER"), other.id, 1, [b"OTHER"]))
+        learner = Learner(machine, make_standin(key_len=1))
+        learner.add([dialog([(b"ACCC1", b"c")])])
+        learner.refine()
+        assert other.transitions[0].target == root.transitions[0].target != b_target
+        assert b_target not in machine.states
+        outs.append(json.dumps(machine_to_json(machine), sort_keys=True))
+    assert outs[0] == outs[1]
 
 
 def test_examples_are_bounded_and_ignored_when_stale():

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from heapq import heapify, heappop, heappush
@@ -72,6 +73,13 @@ class LearnOptions:
     regeneralise: bool = True
     max_examples: int = 8  # distinct requests remembered per transition (for regeneralise)
     max_example_bytes: int = 4096  # longer requests are not remembered
+    # Requests still in a bucket after region analysis (too few alike to form a
+    # cluster) become exact transitions, one per distinct request, so every
+    # training dialog replays; nothing is generalised from them.
+    verbatim: bool = True
+    max_verbatim: int = 64  # verbatim transitions per state (a flood stays in the bucket)
+    max_verbatim_total: int = 4096  # verbatim transitions per machine
+    max_verbatim_bytes: int = 65536  # longer requests stay in the bucket
 
     def __post_init__(self) -> None:
         for name in (
@@ -83,7 +91,14 @@ class LearnOptions:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("widen_slack", "max_examples", "max_example_bytes"):
+        for name in (
+            "widen_slack",
+            "max_examples",
+            "max_example_bytes",
+            "max_verbatim",
+            "max_verbatim_total",
+            "max_verbatim_bytes",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 
@@ -97,13 +112,16 @@ class StepReport:
 
     iteration: int
     analysed: list[int] = field(default_factory=list)  # states whose bucket was analysed
-    new_transitions: int = 0
+    new_transitions: int = 0  # verbatim ones included
+    verbatim: int = 0  # new verbatim transitions
+    absorbed: int = 0  # verbatim transitions a general one took over
+    merged: int = 0  # states merged into a sibling (what A+B at once would have learned)
     widened: int = 0
     bucketed: int = 0  # suffixes in all buckets after the step
 
     @property
     def learned(self) -> bool:
-        return bool(self.new_transitions or self.widened)
+        return bool(self.new_transitions or self.widened or self.merged or self.absorbed)
 
 
 class Learner:
@@ -122,6 +140,8 @@ class Learner:
         self._cut: dict[int, int] = {}
         self._bytes: dict[int, int] = {}
         self._tie = itertools.count()
+        self._verbatim_total = _count_verbatim(machine)
+        self._merged = 0  # states merged away (sibling merges), for the step reports
 
     # -- update phase -------------------------------------------------------
 
@@ -247,9 +267,16 @@ class Learner:
     # -- refinement phase ---------------------------------------------------
 
     def refine_step(self) -> StepReport:
-        """Analyse every bucket that got new data, add transitions, re-feed the buckets."""
+        """Analyse every bucket that got new data, add transitions, re-feed the buckets.
+
+        Per state: widen, region analysis (with sibling merges), absorb the
+        verbatim transitions a general one now covers, re-feed the bucket;
+        then what is still in the bucket becomes verbatim transitions and is
+        re-fed once more, so the next step works one level deeper.
+        """
         self.iterations += 1
         report = StepReport(self.iterations)
+        merged_before = self._merged
         todo = sorted(self.dirty)
         self.dirty = set()
         for sid in todo:
@@ -260,14 +287,17 @@ class Learner:
             if self.options.widen:
                 report.widened += self._widen(state)
             created = self._grow(state)
+            report.absorbed += self._absorb(state)
             report.new_transitions += len(created)
-            suffixes, state.bucket = state.bucket, []
-            self._full.pop(sid, None)
-            self._cut.pop(sid, None)
-            self._bytes.pop(sid, None)
-            for suffix in suffixes:
-                self._feed(state, suffix, refeed_of=sid)
+            self._refeed(state)
             report.new_transitions -= self._prune(state, created)
+            if self.options.verbatim and state.bucket:
+                made = self._leftovers(state)
+                if made:
+                    report.verbatim += made
+                    report.new_transitions += made
+                    self._refeed(state)
+        report.merged = self._merged - merged_before
         report.bucketed = sum(len(s.bucket) for s in self.machine.states.values())
         return report
 
@@ -283,6 +313,18 @@ class Learner:
                 on_step(report)
         return reports
 
+    def _refeed(self, state: State) -> None:
+        """Empty the bucket and walk its suffixes again from ``state`` (new transitions take some)."""
+        suffixes, state.bucket = state.bucket, []
+        self._forget_bucket(state.id)
+        for suffix in suffixes:
+            self._feed(state, suffix, refeed_of=state.id)
+
+    def _forget_bucket(self, sid: int) -> None:
+        self._full.pop(sid, None)
+        self._cut.pop(sid, None)
+        self._bytes.pop(sid, None)
+
     def _grow(self, state: State) -> list[tuple[Transition, bool]]:
         """Region analysis on the unmatched first requests of the bucket → new transitions.
 
@@ -291,8 +333,9 @@ class Learner:
         cluster that joins new requests with one transition's stand-ins is a
         wider form of that transition and leads to *its* state (as training
         on all the data at once would have), instead of starting a new
-        subtree that splits the samples below the cluster-size threshold.
-        Returns (transition, made a new state) pairs.
+        subtree that splits the samples below the cluster-size threshold; a
+        cluster that joins several transitions' stand-ins merges their
+        states (``_add_clusters``). Returns (transition, made a new state) pairs.
         """
         pending = [
             s.turns[0].request
@@ -305,13 +348,14 @@ class Learner:
         owners: list[Transition] = []
         if self.options.regeneralise:
             for t in state.transitions:
-                for e in self.examples_of(t):
-                    exemplars.append(e)
-                    owners.append(t)
+                for e, copies in self._weighted_examples(t):
+                    exemplars.extend([e] * copies)
+                    owners.extend([t] * copies)
         created: list[tuple[Transition, bool]] = []
         taken = self._add_clusters(state, pending, exemplars, owners, created)
         if exemplars:
-            # Requests whose cluster mixed several known transitions: plain analysis.
+            # Requests whose cluster could not be placed (it would have taken other
+            # transitions' requests, or merging would make a cycle): plain analysis.
             rest = [r for i, r in enumerate(pending) if i not in taken]
             if rest:
                 self._add_clusters(state, rest, [], [], created)
@@ -325,7 +369,19 @@ class Learner:
         owners: list[Transition],
         created: list[tuple[Transition, bool]],
     ) -> set[int]:
-        """Analyse ``pending`` (+ stand-ins), add the transitions; returns the pending indices used."""
+        """Analyse ``pending`` (+ stand-ins), add the transitions; returns the pending indices used.
+
+        A cluster holding stand-ins of known transitions leads where they
+        lead. When it holds those of several (A split what A+B keeps whole,
+        or one-offs of A became verbatim transitions that B's requests now
+        join), their target states are merged into one (``_merge_states``):
+        the machine that all the data at once would have learned. The known
+        transitions stay (more specific ones keep winning for their requests,
+        now leading to the merged state) except verbatim ones, which the new
+        transition absorbs (``_absorb``). Examples are weighted by the samples
+        they stand for (``_weighted_examples``), so a microcluster's value
+        still recurs and the analysis keeps it apart as before.
+        """
         n = len(pending)
         clusters = sorted(
             self.analyser(pending + exemplars), key=lambda c: min(c.members, default=0)
@@ -339,20 +395,34 @@ class Learner:
             if cluster.pattern in existing or not new:
                 continue
             joined = {id(owners[i - n]): owners[i - n] for i in cluster.members if i >= n}
-            if len(joined) > 1:
-                continue  # would merge distinct known transitions
-            owner = next(iter(joined.values()), None)
-            if self._steals(cluster.pattern, owner, everyone, everyone_owner):
+            merging = list(joined.values())
+            if self._steals(cluster.pattern, merging, everyone, everyone_owner):
                 continue
+            targets = sorted({t.target for t in merging})
+            target: int | None = targets[0] if targets else None
+            if len(targets) > 1:
+                target = self._merge_states(targets)
+                if target is None:
+                    continue  # merging would make a cycle
             existing.add(cluster.pattern)
-            if owner is not None:
-                transition = Transition(cluster.pattern, owner.target)
-            else:
-                transition = Transition(cluster.pattern, self.machine.new_state().id)
+            fresh = target is None
+            if target is None:
+                target = self.machine.new_state().id
+            transition = Transition(cluster.pattern, target)
             state.transitions.append(transition)
-            created.append((transition, owner is None))
+            created.append((transition, fresh))
             taken.update(new)
         return taken
+
+    def _weighted_examples(self, transition: Transition) -> list[tuple[bytes, int]]:
+        """The examples, each with its share of the transition's samples (at least 1,
+        ``max_bucket`` in all): re-analysis then sees about the multiset that all
+        the data at once would show, so a value that recurred (a microcluster)
+        recurs again instead of counting once among the new requests."""
+        examples = self.examples_of(transition)
+        weight = max(len(examples), min(transition.samples, self.options.max_bucket))
+        share, extra = divmod(weight, len(examples)) if examples else (0, 0)
+        return [(e, share + (k < extra)) for k, e in enumerate(examples)]
 
     def examples_of(self, transition: Transition) -> list[bytes]:
         """Requests the transition took; stand-ins made from its pattern when none were kept."""
@@ -363,13 +433,14 @@ class Learner:
     @staticmethod
     def _steals(
         pattern: Pattern,
-        owner: Transition | None,
+        allowed: Sequence[Transition],
         exemplars: list[bytes],
         owners: list[Transition],
     ) -> bool:
-        """True when ``pattern`` would take requests another transition takes now."""
+        """True when ``pattern`` would take requests a transition other than ``allowed`` takes now."""
+        mine = {id(t) for t in allowed}
         for e, t in zip(exemplars, owners, strict=True):
-            if t is owner or pattern.specificity <= t.pattern.specificity:
+            if id(t) in mine or pattern.specificity <= t.pattern.specificity:
                 continue
             if pattern.fullmatch(e) is not None:
                 return True
@@ -377,12 +448,174 @@ class Learner:
 
     def _prune(self, state: State, created: list[tuple[Transition, bool]]) -> int:
         """Drop new transitions that no request took (a cluster shadowed by a more specific one)."""
-        unused = [(t, fresh) for t, fresh in created if t.samples == 0]
+        unused = [(t, fresh) for t, fresh in created if t.samples == 0 and t in state.transitions]
         for t, fresh in unused:
             state.transitions.remove(t)
-            if fresh:
+            if fresh and t.target in self.machine.states and not self._incoming(t.target):
                 del self.machine.states[t.target]
         return len(unused)
+
+    def _incoming(self, sid: int) -> bool:
+        return any(t.target == sid for s in self.machine.states.values() for t in s.transitions)
+
+    # -- verbatim leftovers ---------------------------------------------------
+
+    def _leftovers(self, state: State) -> int:
+        """Exact transitions for the distinct requests still in the bucket after analysis.
+
+        They formed no cluster of ``min_cluster_size``, so nothing may be
+        generalised from them; but the server's answer to exactly that
+        request is known, and so is the rest of the dialog, which refinement
+        learns below the new state as usual. The most frequent first (ties:
+        shorter, then bytewise), up to ``max_verbatim`` per state and
+        ``max_verbatim_total`` per machine: a flood of one-offs stays in the
+        bucket, counted. Returns how many were made.
+        """
+        opts = self.options
+        have = sum(1 for t in state.transitions if t.verbatim)
+        room = min(opts.max_verbatim - have, opts.max_verbatim_total - self._verbatim_total)
+        if room <= 0:
+            return 0
+        counts = Counter(s.turns[0].request for s in state.bucket)
+        ranked = sorted(
+            (r for r in counts if len(r) <= opts.max_verbatim_bytes),
+            key=lambda r: (-counts[r], len(r), r),
+        )
+        made = 0
+        for request in ranked[:room]:
+            if state.best_transition(request) is not None:
+                continue
+            target = self.machine.new_state()
+            state.transitions.append(Transition(Pattern.literal(request), target.id, verbatim=True))
+            made += 1
+        self._verbatim_total += made
+        return made
+
+    def _absorb(self, state: State) -> int:
+        """Verbatim transitions that a general transition now matches give way to it.
+
+        The general one (most fixed bytes among those matching the literal)
+        takes over the samples and examples; when it leads elsewhere, the two
+        target states are merged, as if the one-off had been in its cluster
+        from the start. Returns how many were absorbed.
+        """
+        general = [t for t in state.transitions if not t.verbatim]
+        if not general:
+            return 0
+        absorbed = 0
+        for v in [t for t in state.transitions if t.verbatim]:
+            literal = b"".join(r.fixed or b"" for r in v.pattern.regions)
+            best: Transition | None = None
+            for g in general:
+                if best is not None and g.pattern.specificity <= best.pattern.specificity:
+                    continue
+                if g.pattern.fullmatch(literal) is not None:
+                    best = g
+            if best is None:
+                continue
+            if best.target != v.target and self._merge_states([best.target, v.target]) is None:
+                continue
+            state.transitions.remove(v)
+            best.samples += v.samples
+            for e in v.examples:
+                self._remember(best, e)
+            self._verbatim_total -= 1
+            absorbed += 1
+        return absorbed
+
+    # -- sibling merge ----------------------------------------------------------
+
+    def _merge_states(self, ids: Sequence[int]) -> int | None:
+        """Merge the states ``ids`` into one; returns its id, or None (nothing changed)
+        when the merge would make a cycle.
+
+        What all the data at once would have learned is one state with the
+        union of the evidence (answers, ends, samples, buckets) and of the
+        transitions. Transitions with equal patterns become one, so their
+        targets are merged too, recursively (computed first, as a closure).
+        Every edge into a merged-away state is redirected to the survivor
+        (the root if it is among them, else the smallest id: deterministic).
+        The merged-away buckets are fed again from the survivor. Bounded:
+        each union removes a state.
+        """
+        states = self.machine.states
+        root = self.machine.root
+        parent: dict[int, int] = {}
+
+        def find(x: int) -> int:
+            path = []
+            while parent.get(x, x) != x:
+                path.append(x)
+                x = parent[x]
+            for p in path:
+                parent[p] = x
+            return x
+
+        patterns: dict[int, dict[Pattern, int]] = {}
+
+        def outgoing(sid: int) -> dict[Pattern, int]:
+            if sid not in patterns:
+                table: dict[Pattern, int] = {}
+                for t in states[sid].transitions:
+                    table.setdefault(t.pattern, t.target)
+                patterns[sid] = table
+            return patterns[sid]
+
+        work = [(ids[0], other) for other in ids[1:]]
+        while work:
+            a, b = work.pop()
+            ra, rb = find(a), find(b)
+            if ra == rb:
+                continue
+            keep, gone = sorted((ra, rb), key=lambda x: (x != root, x))
+            parent[gone] = keep
+            mine = outgoing(keep)
+            for pattern, target in outgoing(gone).items():
+                if pattern in mine:
+                    work.append((mine[pattern], target))
+                else:
+                    mine[pattern] = target
+            patterns.pop(gone, None)
+        if not parent:
+            return find(ids[0])
+        if _cyclic(states, find):
+            return None
+        refeed: list[tuple[int, Suffix]] = []
+        for gid in sorted(parent):
+            gone = states.pop(gid)
+            keep = states[find(gid)]
+            self._fold(keep, gone)
+            refeed.extend((keep.id, s) for s in gone.bucket)
+            self._forget_bucket(gid)
+            self.dirty.discard(gid)
+            self._merged += 1
+        for s in states.values():
+            for t in s.transitions:
+                t.target = find(t.target)
+        for s in {find(g) for g in parent}:
+            _dedupe(states[s], self)
+        self._verbatim_total = _count_verbatim(self.machine)
+        for sid, suffix in refeed:
+            self._feed(states[sid], suffix, refeed_of=None)
+        return find(ids[0])
+
+    def _fold(self, keep: State, gone: State) -> None:
+        """Add ``gone``'s evidence and transitions to ``keep`` (targets are redirected later)."""
+        keep.samples += gone.samples
+        keep.dropped += gone.dropped
+        for answer, count in gone.answers.items():
+            keep.answers[answer] = keep.answers.get(answer, 0) + count
+        if len(keep.answers) > self.options.max_answers:
+            top = sorted(keep.answers.items(), key=lambda kv: (-kv[1], kv[0]))
+            keep.answers = dict(top[: self.options.max_answers])
+        for key, count in gone.ends.items():
+            keep.ends[key] = keep.ends.get(key, 0) + count
+        for signal in gone.signals:
+            if signal not in keep.signals:
+                keep.signals.append(signal)
+        if not keep.dependencies:
+            keep.dependencies = gone.dependencies
+        keep.transitions.extend(gone.transitions)
 
     def _widen(self, state: State) -> int:
         """Let existing transitions take bucketed requests that miss them only by length.
@@ -414,11 +647,60 @@ class Learner:
             t, m = hits[0]
             wider = _widened(t.pattern, m)
             others = [(e, u) for u in state.transitions if u is not t for e in self.examples_of(u)]
-            if self._steals(wider, t, [e for e, _ in others], [u for _, u in others]):
+            if self._steals(wider, [t], [e for e, _ in others], [u for _, u in others]):
                 continue  # the wider form would take requests another transition takes now
             t.pattern = wider
             widened += 1
         return widened
+
+
+def _count_verbatim(machine: Machine) -> int:
+    return sum(1 for s in machine.states.values() for t in s.transitions if t.verbatim)
+
+
+def _cyclic(states: dict[int, State], find: Callable[[int], int]) -> bool:
+    """Whether the machine with states identified by ``find`` would have a cycle
+    (a transition into its own merged state counts). Iterative DFS, O(states + edges)."""
+    edges: dict[int, set[int]] = {}
+    for s in states.values():
+        out = edges.setdefault(find(s.id), set())
+        for t in s.transitions:
+            out.add(find(t.target))
+    colour: dict[int, int] = {}  # 1: on the stack, 2: done
+    for start in sorted(edges):
+        if start in colour:
+            continue
+        stack = [(start, iter(sorted(edges[start])))]
+        colour[start] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                colour[node] = 2
+                stack.pop()
+            elif colour.get(nxt) == 1:
+                return True
+            elif nxt not in colour:
+                colour[nxt] = 1
+                stack.append((nxt, iter(sorted(edges.get(nxt, ())))))
+    return False
+
+
+def _dedupe(state: State, learner: Learner) -> None:
+    """One transition per pattern (after a merge two may be equal: same target by then)."""
+    kept: dict[Pattern, Transition] = {}
+    out = []
+    for t in state.transitions:
+        first = kept.get(t.pattern)
+        if first is None:
+            kept[t.pattern] = t
+            out.append(t)
+            continue
+        first.samples += t.samples
+        first.verbatim = first.verbatim and t.verbatim
+        for e in t.examples:
+            learner._remember(first, e)
+    state.transitions = out
 
 
 def _suffix_bytes(suffix: Suffix) -> int:

@@ -73,6 +73,10 @@ class Transition:
     # training re-analyses them with new data instead of starting from the
     # pattern alone.
     examples: list[bytes] = field(default_factory=list)
+    # Made from a request that formed no cluster (fewer samples than region
+    # analysis needs): the pattern is that request byte for byte, nothing is
+    # generalised, and a general transition that later covers it absorbs it.
+    verbatim: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -82,6 +86,8 @@ class Transition:
         }
         if self.examples:
             d["examples"] = [e.hex() for e in self.examples]
+        if self.verbatim:
+            d["verbatim"] = True
         return d
 
     @classmethod
@@ -90,7 +96,12 @@ class Transition:
         examples = [bytes.fromhex(e) for e in obj.get("examples", [])]
         # an edited or stale example that the pattern refuses is not evidence
         examples = [e for e in examples if pattern.fullmatch(e) is not None]
-        return cls(pattern, int(obj["target"]), int(obj.get("samples", 0)), examples)
+        verbatim = obj.get("verbatim", False)
+        if not isinstance(verbatim, bool):
+            raise ValueError(f"transition verbatim flag {verbatim!r} is not a boolean")
+        if verbatim and not all(r.is_fixed for r in pattern.regions):
+            raise ValueError("a verbatim transition has a mutating region")
+        return cls(pattern, int(obj["target"]), int(obj.get("samples", 0)), examples, verbatim)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,135 @@
+"""What the learner leaves unlearned, without real clients: one table per run.
+
+    python benchmarks/learn_holdout.py               # every lab capture, default options
+    python benchmarks/learn_holdout.py --min-cluster-size 1 --no-verbatim
+
+For each committed lab capture (tests/data/captures/*.pcap) and each port
+with dialogs:
+
+* **bucketed**: train on every dialog with the given options, replay each
+  one through the machine; how many stop at a bucket (a request no
+  transition takes).
+* **A→B differ**: train on the first half, then (incrementally) on the
+  second half, and on both at once; dialogs the joint machine replays to
+  the end and the incremental one does not.
+* **held-out**: train on 30 of the 50 dialogs (every dialog whose index
+  modulo 5 is 0, 2 or 4), replay the other 20: requests matched before the
+  first unmatched one, of all held-out requests; dialogs replayed whole;
+  and how close the answer of each state reached is to the answer the real
+  server gave (mean normalised Indel similarity, 1.0 = identical: server
+  ids and timestamps keep it below 1 even when the right state is reached).
+* **train s**: wall time of training on the whole capture (all ports).
+
+Nothing is written to disk; run it on an idle core for stable times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from rapidfuzz.distance import Indel
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scriptgen.learn.dialog import Dialog, group_dialogs  # noqa: E402
+from scriptgen.learn.phases import LearnOptions, replay  # noqa: E402
+from scriptgen.learn.regions import RegionOptions  # noqa: E402
+from scriptgen.learn.trainer import TrainOptions, learn_machine  # noqa: E402
+from scriptgen.model import Machine  # noqa: E402
+from scriptgen.trace import read_conversations  # noqa: E402
+
+CAPTURES = REPO / "tests" / "data" / "captures"
+MIN_DIALOGS = 10  # ports with fewer (FTP passive data ports) are not listed
+
+
+def train_on(key: tuple[str, int], dialogs: list[Dialog], options: TrainOptions) -> Machine:
+    machine = Machine(*key)
+    learn_machine(machine, dialogs, options)
+    return machine
+
+
+def accepted(machine: Machine, dialogs: list[Dialog]) -> set[str]:
+    return {d.suffix.origin for d in dialogs if replay(machine, d.suffix)[1] is None}
+
+
+def held_out(machine: Machine, dialogs: list[Dialog]) -> tuple[int, int, int, float]:
+    """(requests matched before the first miss, requests, dialogs whole, mean answer similarity)."""
+    matched = total = whole = 0
+    sims: list[float] = []
+    for d in dialogs:
+        turns = d.suffix.turns
+        total += len(turns)
+        n, stop = replay(machine, d.suffix)
+        matched += n
+        whole += stop is None
+        state = machine.states[machine.root]
+        for turn in turns[:n]:
+            hit = state.best_transition(turn.request)
+            assert hit is not None
+            state = machine.states[hit[0].target]
+            sims.append(Indel.normalized_similarity(state.answer, turn.answer))
+    return matched, total, whole, (sum(sims) / len(sims) if sims else 0.0)
+
+
+def is_held_out(i: int) -> bool:
+    return i % 5 in (1, 3)
+
+
+def run(options: TrainOptions, names: list[str]) -> None:
+    header = (
+        f"{'capture':<16} {'port':<9} {'dialogs':>7} {'bucketed':>8} {'A→B differ':>11} "
+        f"{'held-out matched':>17} {'whole':>6} {'answer sim':>10} {'states':>6} {'train s':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        path = CAPTURES / name
+        groups = group_dialogs(read_conversations(path))
+        t0 = time.perf_counter()
+        machines = {key: train_on(key, ds, options) for key, ds in groups.items()}
+        elapsed = time.perf_counter() - t0
+        for key in sorted(groups):
+            dialogs = groups[key]
+            if len(dialogs) < MIN_DIALOGS:
+                continue
+            machine = machines[key]
+            stuck = len(dialogs) - len(accepted(machine, dialogs))
+            half = len(dialogs) // 2
+            inc = Machine(*key)
+            learn_machine(inc, dialogs[:half], options)
+            learn_machine(inc, dialogs[half:], options)
+            differ = len(accepted(machine, dialogs) - accepted(inc, dialogs))
+            train_set = [d for i, d in enumerate(dialogs) if not is_held_out(i)]
+            test_set = [d for i, d in enumerate(dialogs) if is_held_out(i)]
+            small = train_on(key, train_set, options)
+            m, total, whole, sim = held_out(small, test_set)
+            print(
+                f"{name:<16} {key[0]}/{key[1]:<5} {len(dialogs):>7} {stuck:>8} {differ:>11} "
+                f"{f'{m}/{total}':>17} {f'{whole}/{len(test_set)}':>6} {sim:>10.3f} "
+                f"{len(machine.states):>6} {elapsed:>8.2f}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--min-cluster-size", type=int, default=RegionOptions().min_cluster_size)
+    parser.add_argument("--no-verbatim", action="store_true", help="no verbatim leftovers")
+    parser.add_argument("captures", nargs="*", help="file names under tests/data/captures")
+    args = parser.parse_args()
+    learn = LearnOptions()
+    if args.no_verbatim and hasattr(learn, "verbatim"):
+        learn = replace(learn, verbatim=False)
+    options = TrainOptions(
+        learn=learn, region=RegionOptions(min_cluster_size=args.min_cluster_size)
+    )
+    names = args.captures or sorted(p.name for p in CAPTURES.glob("*.pcap"))
+    run(options, names)
+
+
+if __name__ == "__main__":
+    main()
