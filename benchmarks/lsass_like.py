@@ -116,6 +116,17 @@ def first_connections(pcap: Path, n: int, out: Path) -> Path:
     return out
 
 
+def train(pcap: Path, model_dir: Path) -> None:
+    """``scriptgen train`` into a fresh ``model_dir``."""
+    shutil.rmtree(model_dir, ignore_errors=True)
+    subprocess.run(
+        [sys.executable, "-m", "scriptgen", "train", "--model-dir", str(model_dir), str(pcap)],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+
+
 @dataclass
 class Result:
     completed: int = 0
@@ -181,13 +192,7 @@ def main() -> int:
     for n in args.train:
         part = first_connections(pcap, n, args.work / f"train-{n}.pcap")
         model_dir = args.work / f"models-{n}"
-        shutil.rmtree(model_dir, ignore_errors=True)
-        subprocess.run(
-            [sys.executable, "-m", "scriptgen", "train", "--model-dir", str(model_dir), str(part)],
-            check=True,
-            capture_output=True,
-            cwd=REPO,
-        )
+        train(part, model_dir)
         for deps in (True, False):
             r = serve_and_play(model_dir, args.work, runs, deps)
             req = sorted(r.requests or [0])
