@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,14 +162,25 @@ def report(rows: list[tuple], window: int, seconds: float, tb: list) -> None:
         )
     proxied_ok = sum(1 for r in rows if r[2] and r[3])
     print(f"proxied runs that succeeded: {proxied_ok}/{sum(r[2] for r in rows)}")
-    per: dict[str, list[bool]] = defaultdict(list)
-    for _i, k, p, *_rest in rows:
-        per[k].append(p)
-    print(f"\n{'activity':<12} {'runs':>4} {'proxied':>7} {'proxied before 1st emulated':>28}")
+    per: dict[str, list[tuple]] = defaultdict(list)
+    for r in rows:
+        per[r[1]].append(r)
+    print(f"\n{'activity':<12} {'runs':>4} {'proxied':>7} {'proxied before 1st emulated':>28}"
+          f" {'proxied before 1st emulated = real':>35}")  # fmt: skip
     for k, seq in sorted(per.items()):
-        first = seq.index(False) if False in seq else None
-        before = str(first) if first is not None else f"(never; {len(seq)} runs)"
-        print(f"{k:<12} {len(seq):>4} {sum(seq):>7} {before:>28}")
+        print(f"{k:<12} {len(seq):>4} {sum(r[2] for r in seq):>7}"
+              f" {_before(seq, lambda r: not r[2]):>28} {_before(seq, lambda r: not r[2] and r[4]):>35}")  # fmt: skip
+    emulated = sum(1 for r in rows if not r[2])
+    right = sum(1 for r in rows if not r[2] and r[4])
+    print(f"\nemulated runs: {emulated}, of which output = real: {right}")
+
+
+def _before(seq: list[tuple], hit: Callable[[tuple], bool]) -> str:
+    """Proxied runs of an activity before its first run that ``hit`` accepts."""
+    for n, r in enumerate(seq):
+        if hit(r):
+            return str(sum(x[2] for x in seq[:n]))
+    return f"(never; {len(seq)} runs)"
 
 
 def plot(rows: list[tuple], window: int, png: Path) -> None:
