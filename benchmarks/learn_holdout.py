@@ -119,14 +119,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--min-cluster-size", type=int, default=RegionOptions().min_cluster_size)
     parser.add_argument("--no-verbatim", action="store_true", help="no verbatim leftovers")
+    parser.add_argument(
+        "--region", action="append", default=[], metavar="NAME=VALUE", help="a RegionOptions field"
+    )
     parser.add_argument("captures", nargs="*", help="file names under tests/data/captures")
     args = parser.parse_args()
     learn = LearnOptions()
-    if args.no_verbatim and hasattr(learn, "verbatim"):
+    if args.no_verbatim:
         learn = replace(learn, verbatim=False)
-    options = TrainOptions(
-        learn=learn, region=RegionOptions(min_cluster_size=args.min_cluster_size)
-    )
+    region = {"min_cluster_size": args.min_cluster_size}
+    for item in args.region:
+        name, _, text = item.partition("=")
+        default = getattr(RegionOptions(), name)
+        region[name] = (
+            text.lower() in ("1", "yes", "true")
+            if isinstance(default, bool)
+            else (type(default)(text))
+        )
+    options = TrainOptions(learn=learn, region=RegionOptions(**region))
     names = args.captures or sorted(p.name for p in CAPTURES.glob("*.pcap"))
     run(options, names)
 

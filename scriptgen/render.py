@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from scriptgen.model import Machine, State
+from scriptgen.model import Machine, State, Transition
 from scriptgen.model.store import dumps, machine_to_json
 
 PRINTABLE = frozenset(range(32, 127)) | {9, 10, 13}
@@ -82,6 +82,13 @@ def signal_lines(state: State) -> list[str]:
     return lines
 
 
+def edge_label(t: Transition, max_fixed: int = 24) -> str:
+    """A transition for display: its regions and sample count; a verbatim one
+    (one recorded request, nothing generalised) is marked ``exact``."""
+    kind = "exact " if t.verbatim else ""
+    return f"{kind}{t.pattern.describe(max_fixed)} ({t.samples})"
+
+
 def _walk(machine: Machine) -> Iterator[tuple[int, State, str | None, bool]]:
     """Depth-first (depth, state, edge label, already shown) from the root; safe on cycles and DAGs."""
     shown: set[int] = set()
@@ -95,15 +102,15 @@ def _walk(machine: Machine) -> Iterator[tuple[int, State, str | None, bool]]:
             continue
         shown.add(sid)
         for t in reversed(state.transitions):
-            stack.append((depth + 1, t.target, f"{t.pattern.describe()} ({t.samples})"))
+            stack.append((depth + 1, t.target, edge_label(t)))
 
 
 def render_text(machine: Machine, answer_limit: int = 40) -> str:
     """An indented tree: each state with its evidence, each edge with its pattern."""
     c = machine.counts()
     lines = [
-        f"{machine.protocol}/{machine.port}: {c['states']} states, {c['transitions']} transitions, "
-        f"{c['bucketed']} suffixes in buckets"
+        f"{machine.protocol}/{machine.port}: {c['states']} states, {c['transitions']} transitions "
+        f"({c['verbatim']} exact), {c['bucketed']} suffixes in buckets"
     ]
     caps = machine.provenance.get("captures", [])
     if caps:
@@ -157,7 +164,7 @@ def render_dot(machines: Sequence[Machine], answer_limit: int = 24) -> str:
             out.append(f'    m{i}s{sid} [label="{dot_escape(label)}"];')
         for sid in sorted(m.states):
             for t in m.states[sid].transitions:
-                label = f"{t.pattern.describe(max_fixed=16)} ({t.samples})"
+                label = edge_label(t, max_fixed=16)
                 out.append(f'    m{i}s{sid} -> m{i}s{t.target} [label="{dot_escape(label)}"];')
         out.append("  }")
     out.extend(_signal_edges(machines))

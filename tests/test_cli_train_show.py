@@ -110,7 +110,7 @@ def test_train_then_show_on_a_real_capture(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and r.stderr == ""  # not a tty: no progress bar
     header, row = r.stdout.splitlines()[:2]
-    assert header.split()[:4] == ["port", "states", "transitions", "bucketed"]
+    assert header.split()[:5] == ["port", "states", "transitions", "verbatim", "bucketed"]
     assert row.split()[0] == "tcp/6379" and int(row.split()[1]) > 1
     assert (model_dir / "tcp-6379.json").is_file()
     first = (model_dir / "tcp-6379.json").read_bytes()
@@ -169,6 +169,34 @@ def test_byte_bounds_drop_and_count_and_are_recorded_in_the_model(tmp_path):
     assert int(cells["dropped"]) == int(cells["used"]) > 0
     learn = json.loads((model_dir / "tcp-6379.json").read_text())["options"]["learn"]
     assert learn["max_message_bytes"] == 8 and learn["max_bucket_bytes"] == 4096
+
+
+def test_verbatim_leftovers_are_on_by_default_and_shown_as_exact(tmp_path):
+    """Requests too few to cluster become exact transitions (nothing left in a bucket),
+    marked in the model and by ``show``; --no-verbatim leaves them in the buckets."""
+    needs_regions()
+    r = run_cli("train", "--model-dir", str(tmp_path / "v"), str(capture("redis.pcap")))
+    assert r.returncode == 0, r.stderr
+    header, row = (line.split() for line in r.stdout.splitlines()[:2])
+    cells = dict(zip(header, row, strict=True))
+    assert int(cells["verbatim"]) > 0 and cells["bucketed"] == "0"
+    model = json.loads((tmp_path / "v" / "tcp-6379.json").read_text())
+    assert model["options"]["learn"]["verbatim"] is True
+    exact = [t for s in model["states"] for t in s["transitions"] if t.get("verbatim")]
+    assert len(exact) == int(cells["verbatim"])
+    assert all(len(t["pattern"]) <= 1 and "fixed" in t["pattern"][0] for t in exact)
+    r = run_cli("show", str(tmp_path / "v"))
+    assert r.returncode == 0 and f"({len(exact)} exact)" in r.stdout.splitlines()[0]
+    assert r.stdout.count("-- exact ") == len(exact)
+    r = run_cli(
+        "train", "--no-verbatim", "--model-dir", str(tmp_path / "b"), str(capture("redis.pcap"))
+    )
+    assert r.returncode == 0, r.stderr
+    header, row = (line.split() for line in r.stdout.splitlines()[:2])
+    cells = dict(zip(header, row, strict=True))
+    assert cells["verbatim"] == "0" and int(cells["bucketed"]) > 0
+    model = json.loads((tmp_path / "b" / "tcp-6379.json").read_text())
+    assert model["options"]["learn"]["verbatim"] is False
 
 
 def test_bad_option_values_are_refused(tmp_path):

@@ -19,6 +19,9 @@ LEARN_FLAGS = {  # LearnOptions field -> help
     "widen_slack": "bytes a mutating region may grow by to take a near miss",
     "max_examples": "example requests remembered per transition",
     "max_example_bytes": "longer requests are not remembered as examples",
+    "max_verbatim": "verbatim transitions per state (more one-offs stay in the bucket)",
+    "max_verbatim_total": "verbatim transitions per machine",
+    "max_verbatim_bytes": "longer leftover requests stay in the bucket",
 }
 
 
@@ -77,6 +80,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="analyse buckets without the examples of known transitions",
     )
+    p.add_argument(
+        "--no-verbatim",
+        action="store_true",
+        help="leave requests that formed no cluster in the bucket instead of "
+        "learning each as an exact (verbatim) transition",
+    )
     g = p.add_argument_group("learner bounds")
     defaults = LearnOptions()
     for name, text in LEARN_FLAGS.items():
@@ -115,6 +124,7 @@ def build_options(args: argparse.Namespace) -> Any:
         **{name: getattr(args, name) for name in LEARN_FLAGS},
         widen=not args.no_widen,
         regeneralise=not args.no_regeneralise,
+        verbatim=not args.no_verbatim,
     )
     from scriptgen.learn.regions import RegionOptions
 
@@ -185,12 +195,32 @@ class ProgressDisplay:
 
 
 def summary_table(report: Any) -> str:
-    head = ("port", "states", "transitions", "bucketed", "dropped", "used", "ignored", "steps")
-    rows = [head]
+    head = (
+        "port",
+        "states",
+        "transitions",
+        "verbatim",
+        "bucketed",
+        "dropped",
+        "used",
+        "ignored",
+        "steps",
+    )
+    rows: list[tuple[Any, ...]] = [head]
     for p in report.ports:
         name = f"{p.protocol}/{p.port}" + ("" if p.saved else " (no model)")
         rows.append(
-            (name, p.states, p.transitions, p.bucketed, p.dropped, p.used, p.ignored, p.iterations)
+            (
+                name,
+                p.states,
+                p.transitions,
+                p.verbatim,
+                p.bucketed,
+                p.dropped,
+                p.used,
+                p.ignored,
+                p.iterations,
+            )
         )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
     lines = []

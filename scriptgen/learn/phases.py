@@ -12,15 +12,27 @@ emptied and its suffixes re-enter *from that state* (update again), which
 fills the buckets one level deeper. Repeating until no bucket yields
 anything grows the machine one level per step (the paper's Figure 6).
 
+*Verbatim leftovers*: what is still in a bucket after analysis formed no
+cluster of ``min_cluster_size``; each distinct such request becomes an
+exact transition (the request byte for byte, flagged ``verbatim``), so that
+every training dialog replays, without generalising from fewer samples than
+the threshold. Bounded per state and per machine (a flood of one-offs stays
+in the bucket, counted).
+
 Training from scratch and training an existing machine on more data are the
-same code path: load, update with the new dialogs, refine. Two additions
+same code path: load, update with the new dialogs, refine. Three additions
 make "A, then B" learn what "A and B at once" learns, although the model
 keeps no past dialogs: *widening* lets a transition's mutating lengths grow
-to take a bucketed request that misses it only by length, and
+to take a bucketed request that misses it only by length;
 *regeneralisation* analyses a bucket together with a few remembered example
-requests of each known transition, so that a cluster joining new requests
-with one transition's examples leads to that transition's state (a second
-incoming transition: the machine is then a DAG, not a tree).
+requests of each known transition (weighted by the samples they stand for),
+so that a cluster joining new requests with one transition's examples leads
+to that transition's state (a second incoming transition: the machine is
+then a DAG, not a tree); and *sibling merge*: a cluster joining the examples
+of several known transitions (A split what A+B keeps whole, or A's one-offs
+became verbatim transitions that B's requests now join) merges their target
+states, recursively, never into a cycle. A verbatim transition that a
+general one comes to cover gives way to it (*absorb*).
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ class PortReport:
     iterations: int
     dropped: int  # suffixes dropped because a bucket was full (cumulative)
     saved: bool = True  # False: nothing to learn, no model file written
+    verbatim: int = 0  # transitions that are one recorded request (of ``transitions``)
 
 
 @dataclass
@@ -294,6 +295,7 @@ def train(
                 stats.ignored_total(key),
                 steps.get(key, 0),
                 sum(s.dropped for s in machine.states.values()),
+                verbatim=c["verbatim"],
             )
         )
     report.ports.sort(key=lambda p: (p.protocol, p.port))

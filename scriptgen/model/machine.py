@@ -217,5 +217,6 @@ class Machine:
         return {
             "states": len(self.states),
             "transitions": sum(len(s.transitions) for s in self.states.values()),
+            "verbatim": sum(t.verbatim for s in self.states.values() for t in s.transitions),
             "bucketed": sum(len(s.bucket) for s in self.states.values()),
         }
