@@ -91,3 +91,45 @@ def test_no_host_free_means_the_emulator_answers(tmp_path: Path) -> None:
     assert not tap.doubt(_step(machine, b"USER ann\r\n"))  # pool exhausted: answer it
     assert not tap.proxied
     assert ("scriptgen.proxy.failed", {"reason": "pool_exhausted"}) in events
+
+
+class ResumingProto(FakeProto):
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.resumed: list[tuple[Matched, bytes]] = []
+
+    def hand_over(self) -> bytes:
+        return b"PING\r\n"  # pipelined after the doubted request
+
+    def resume(self, step: Matched, rest: bytes) -> None:
+        self.resumed.append((step, rest))
+
+
+def test_a_host_that_refuses_leaves_the_doubted_request_to_the_emulator(tmp_path: Path) -> None:
+    from twisted.internet import error
+    from twisted.python.failure import Failure
+
+    proxy, _connects, events, _, _ = make(tmp_path, doubt_samples=8)
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    proto = ResumingProto(machine, "127.0.0.5", 4000)
+    tap = proxy.attach(proto)
+    step = _step(machine, b"USER ann\r\n")
+    assert tap.doubt(step)
+    tap.from_client(b"QUIT\r\n")  # still read while connecting
+    tap.connect_failed(Failure(error.ConnectionRefusedError()))
+    assert proto.resumed == [(step, b"PING\r\nQUIT\r\n")] and proto.closed is None
+    assert not tap.proxied and proxy.relayed == 0 and proxy.pool.free == ["127.0.0.9"]
+    [failed] = [f for e, f in events if e == "scriptgen.proxy.failed"]
+    assert failed["reason"] == "host_refused" and failed["fallback"] == "emulated"
+
+
+def test_a_host_that_never_accepts_leaves_it_to_the_emulator_too(tmp_path: Path) -> None:
+    proxy, _connects, events, _, clock = make(tmp_path, doubt_samples=8, replay_timeout=5)
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    proto = ResumingProto(machine, "127.0.0.5", 4000)
+    tap = proxy.attach(proto)
+    step = _step(machine, b"USER ann\r\n")
+    assert tap.doubt(step)
+    clock.advance(5)
+    assert proto.resumed == [(step, b"PING\r\n")] and proto.closed is None
+    assert [f["reason"] for e, f in events if e == "scriptgen.proxy.failed"] == ["host_timeout"]

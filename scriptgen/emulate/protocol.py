@@ -210,8 +210,8 @@ class EmulatorProtocol(Protocol):
         if not self.closing:
             self._arm_request_timers()
 
-    def _matched(self, step: Matched) -> None:
-        if self.tap is not None and self.tap.doubt(step):
+    def _matched(self, step: Matched, doubt: bool = True) -> None:
+        if doubt and self.tap is not None and self.tap.doubt(step):
             return  # a transition too uncertain to trust: the source's pool host answers
         target = step.target
         answer = self.answers.answer(target.id, target.answer, step.request, step.match)
@@ -283,6 +283,15 @@ class EmulatorProtocol(Protocol):
             self._close("unmatched")
         else:
             self.lost = True  # stay silent; the idle timeout ends the connection
+
+    def resume(self, step: Matched, rest: bytes) -> None:
+        """The pool host could not take a doubted request: the model answers it after all,
+        then the bytes that followed it."""
+        if self.closing:
+            return
+        self._matched(step, doubt=False)
+        if rest and not self.closing:
+            self._run(self.dialog.feed(rest))
 
     def hand_over(self) -> bytes:
         """The proxy takes this connection: stop the request timers, give up the buffer."""

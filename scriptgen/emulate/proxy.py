@@ -189,6 +189,7 @@ class Tap:
         self.got = b""
         self.scores: list[float] = []
         self.differs: list[int] = []  # replayed turns whose answers differed (relayed anyway)
+        self.doubted: Any = None  # the matched step handed over in doubt (until relaying)
         self._quiet: Any = None
         self._deadline: Any = None
 
@@ -222,7 +223,23 @@ class Tap:
         if why is None:
             return False
         why.update(state=step.state.id, target=step.target.id)
-        return self.proxy.take_over(self, step.request, doubt=why)
+        self.doubted = step
+        if self.proxy.take_over(self, step.request, doubt=why):
+            return True
+        self.doubted = None
+        return False
+
+    def _fall_back(self, reason: str, **details: Any) -> None:
+        """The host did not take a doubted request (refused, no answer to the connect):
+        the emulator answers it after all, as it would without a proxy."""
+        self._cancel_timers()
+        step, self.doubted = self.doubted, None
+        rest = b"".join(self.pending[1:])  # the doubted request is the first
+        self.pending = []
+        self.mode = EMULATING
+        self.proxy.uncount(self)
+        self.proxy.failed(self, reason, fallback="emulated", **details)
+        self.proto.resume(step, rest)
 
     def from_client(self, data: bytes) -> None:
         self.source.last = self.proxy.clock.seconds()
@@ -346,6 +363,7 @@ class Tap:
     def _replayed(self) -> None:
         """Every turn replayed: record the dialog as the client saw it, then relay."""
         self._cancel_timers()
+        self.doubted = None
         self.mode = RELAYING
         self.flow = self.proxy.new_flow(self)
         for request, answer in self.turns:
@@ -367,7 +385,9 @@ class Tap:
 
     def _timed_out(self) -> None:
         self._deadline = None
-        if self.mode == CONNECTING:
+        if self.mode == CONNECTING and self.doubted is not None:
+            self._fall_back("host_timeout")
+        elif self.mode == CONNECTING:
             self._fail("host_timeout")
         elif self.mode == REPLAYING:
             self._fail("replay_timeout", turn=self.step)
@@ -376,6 +396,10 @@ class Tap:
         if self.mode != CONNECTING:
             return
         timed_out = reason.check(TimeoutError, error.TimeoutError) is not None
+        if self.doubted is not None:
+            why = "host_timeout" if timed_out else "host_refused"
+            self._fall_back(why, error=reason.getErrorMessage())
+            return
         self._fail("host_timeout" if timed_out else "host_refused", error=reason.getErrorMessage())
 
     def host_lost(self, reason: Failure | None) -> None:
@@ -488,10 +512,7 @@ class Proxy:
     def detach(self, tap: Tap, mode: str) -> None:
         source = tap.source
         source.taps.discard(tap)
-        if tap.counted:
-            tap.counted = False
-            self.relayed -= 1
-            source.relayed -= 1
+        self.uncount(tap)
         if source.host is None and not source.taps:
             self.sources.pop(source.ip, None)
 
@@ -547,6 +568,13 @@ class Proxy:
         tap.source.relayed += 1
         tap.counted = True
         return True
+
+    def uncount(self, tap: Tap) -> None:
+        """The connection no longer counts towards the relayed-connection bounds."""
+        if tap.counted:
+            tap.counted = False
+            self.relayed -= 1
+            tap.source.relayed -= 1
 
     def relaying(self, tap: Tap) -> None:
         if tap.turns:  # a connection that went straight to the host replayed nothing
