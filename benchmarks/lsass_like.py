@@ -106,6 +106,33 @@ def capture(work: Path, train: int, test: int, seed: int) -> tuple[Path, list[di
     return pcap, runs
 
 
+def record(out: Path, name: str, runs: int, seed: int, addr: str) -> dict[str, object]:
+    """Write ``out/<name>.pcap`` and ``out/<name>.runs.jsonl`` (tests/data/captures layout:
+    connection *i* comes from run *i*) for ``runs`` training runs against smbd on ``addr``."""
+    pcap, log = out / f"{name}.pcap", out / f"{name}.runs.jsonl"
+    rng = random.Random(seed)
+    statuses: dict[int, int] = {}
+    with SambaServer(addr, port=0, netbios_port=139), Tcpdump(pcap, bpf_for(addr, [139])):
+        with log.open("w") as fh:
+            for i in range(runs):
+                commands = draw(rng)
+                scatter_pid()
+                t0 = time.monotonic()
+                argv = ["rpcclient", "-p", "139", *NT1, "-U%", "-c", commands, addr]
+                res = run_client(argv, timeout=20)
+                rec: dict[str, object] = {
+                    "i": i,
+                    "run": f"rpcclient(commands={commands!r}, ipc_protocol='NT1')",
+                    "status": res.status,
+                    "seconds": round(time.monotonic() - t0, 2),
+                }
+                if res.status != 0:
+                    rec["stderr"] = res.stderr[-300:]
+                fh.write(json.dumps(rec) + "\n")
+                statuses[res.status] = statuses.get(res.status, 0) + 1
+    return {"pcap": str(pcap), "bytes": pcap.stat().st_size, "runs": runs, "statuses": statuses}
+
+
 def first_connections(pcap: Path, n: int, out: Path) -> Path:
     """The first ``n`` TCP connections of the capture (tshark -Y on stream numbers)."""
     subprocess.run(
@@ -184,7 +211,18 @@ def main() -> int:
     ap.add_argument("--test", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/scriptgen-lsass"))
+    ap.add_argument(
+        "--record",
+        type=Path,
+        metavar="DIR",
+        help="only record max(--train) runs as DIR/lsass139.pcap + .runs.jsonl and stop",
+    )
+    ap.add_argument("--addr", default=REAL, help="real server address for --record")
     args = ap.parse_args()
+    if args.record is not None:
+        args.record.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(record(args.record, "lsass139", max(args.train), args.seed, args.addr)))
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     pcap, runs = capture(args.work, max(args.train), args.test, args.seed)
     print(f"test runs: {len(runs)}, real server exit 0 in {sum(r['status'] == 0 for r in runs)}")
