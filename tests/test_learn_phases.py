@@ -591,3 +591,41 @@ def test_byte_bounds_are_validated_and_recorded():
         LearnOptions(max_message_bytes=0)
     recorded = LearnOptions(max_bucket_bytes=123, max_message_bytes=45).to_json()
     assert recorded["max_bucket_bytes"] == 123 and recorded["max_message_bytes"] == 45
+
+
+def test_verbatim_bounds_per_machine_and_per_request_size():
+    """A flood of one-off dialogs: at most max_verbatim_total exact transitions in the
+    whole machine (each dialog's chain counts), requests over max_verbatim_bytes
+    never become one; the rest stays in the buckets, counted."""
+    flood = [
+        dialog([(b"%03d-first" % i, b"a"), (b"%03d-second" % i, b"b")], origin=f"f{i}")
+        for i in range(40)
+    ]
+    big = dialog([(b"B" * 300, b"big")], origin="big")
+    machine = Machine("tcp", 21)
+    options = LearnOptions(max_verbatim=100, max_verbatim_total=25, max_verbatim_bytes=200)
+    learner = Learner(machine, make_standin(min_size=99), options)
+    learner.add([*flood, big])
+    learner.refine()
+    exact = [t for s in machine.states.values() for t in s.transitions]
+    assert all(t.verbatim for t in exact) and len(exact) == 25
+    assert all(t.pattern.max_len <= 200 for t in exact)
+    assert machine.counts()["bucketed"] >= 41 - 25
+    # a later run does not grow past the bound either
+    learner = Learner(machine, make_standin(min_size=99), options)
+    learner.add([dialog([(b"new-%d" % i, b"n")], origin=f"n{i}") for i in range(10)])
+    learner.refine()
+    assert machine.counts()["verbatim"] == 25
+
+
+def test_verbatim_off_in_a_later_run_keeps_existing_ones_and_adds_none():
+    machine = Machine("tcp", 21)
+    Learner(machine, make_standin()).add(figure6_flows(1))
+    learner = Learner(machine, make_standin())
+    learner.add(figure6_flows(1))
+    learner.refine()
+    assert machine.counts()["verbatim"] == 3
+    learner = Learner(machine, make_standin(), LearnOptions(verbatim=False))
+    learner.add([dialog([(b"HELP", b"?")])])
+    learner.refine()
+    assert machine.counts()["verbatim"] == 3 and machine.counts()["bucketed"] == 1

@@ -199,6 +199,16 @@ def test_a_then_b_accepts_what_a_plus_b_accepts(tmp_path, kind, name, key):
     assert n_joint > 0
 
 
+def test_incremental_training_with_merges_is_deterministic(tmp_path):
+    """A then B (sibling merges, absorbed verbatim transitions) twice: same bytes."""
+    _, options = analysis("real")
+    a, b, _ = three_ways(read("smb445.pcap"))
+    for run in ("x", "y"):
+        train(a, tmp_path / run, options)
+        train(b, tmp_path / run, options)
+    assert files_bytes(tmp_path / "x") == files_bytes(tmp_path / "y")
+
+
 @pytest.mark.parametrize("kind", sorted(INCREMENTAL_KINDS))
 def test_incremental_across_files_on_the_same_port(tmp_path, kind):
     which, region = INCREMENTAL_KINDS[kind]
