@@ -72,6 +72,18 @@ def start_emulator(
     return Emulator.start(tmp, config, events, models=models, spool=spool)
 
 
+def assert_emulated_alone(emu: Emulator, mark: int) -> None:
+    """Since event ``mark`` no request was unmatched: the only allocations are of
+    doubted requests ([proxy] doubt_samples), and with the real server stopped
+    each of them fell back to the emulator's answer."""
+    events = emu.read_events()[mark:]
+    allocated = [e for e in events if e["eventid"] == "scriptgen.proxy.allocated"]
+    assert all("doubt" in e for e in allocated), allocated
+    fallbacks = [e for e in events if e.get("fallback") == "emulated"]
+    assert len(fallbacks) == len(allocated)
+    assert not [e for e in events if e["eventid"] == "scriptgen.proxy.relaying"]
+
+
 def stop_emulator(emu: Emulator, kill: bool = False) -> None:
     emu.stop(kill)
 

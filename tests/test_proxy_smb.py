@@ -14,7 +14,15 @@ import pytest
 from tests.emulator_support import TWISTD
 from tests.lab import clients
 from tests.lab.servers import SambaServer
-from tests.proxy_support import LISTEN, POOL, Emulator, start_emulator, stop_emulator, tracebacks
+from tests.proxy_support import (
+    LISTEN,
+    POOL,
+    Emulator,
+    assert_emulated_alone,
+    start_emulator,
+    stop_emulator,
+    tracebacks,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,11 +52,11 @@ def test_smb_from_an_empty_model_proxied_then_emulated(tmp_path) -> None:  # typ
             report = emu.wait_count("scriptgen.proxy.learned", 1, timeout=300)[-1]
         assert report["new_transitions"] >= 5
         time.sleep(0.5)  # the reload after learning runs in a thread
-        allocated = emu.count("scriptgen.proxy.allocated")
+        mark = len(emu.read_events())
         alone = [listing(emu) for _ in range(2)]  # smbd is stopped
         assert alone == real[:2]
         time.sleep(0.5)
-        assert emu.count("scriptgen.proxy.allocated") == allocated
+        assert_emulated_alone(emu, mark)
     finally:
         stop_emulator(emu)
     assert tracebacks(emu) == []
