@@ -154,6 +154,7 @@ class Learner:
         self._tie = itertools.count()
         self._verbatim_total = _count_verbatim(machine)
         self._merged = 0  # states merged away (sibling merges), for the step reports
+        self._merged_into: set[int] = set()  # states that took others in this step
 
     # -- update phase -------------------------------------------------------
 
@@ -309,6 +310,13 @@ class Learner:
                     report.verbatim += made
                     report.new_transitions += made
                     self._refeed(state)
+        # Merged states hold the transitions of several: a verbatim one of one may be
+        # covered by a general one of another (as if they had been analysed together).
+        while self._merged_into:
+            sid = min(self._merged_into)
+            self._merged_into.discard(sid)
+            if sid in self.machine.states:
+                report.absorbed += self._absorb(self.machine.states[sid])
         report.merged = self._merged - merged_before
         report.bucketed = sum(len(s.bucket) for s in self.machine.states.values())
         return report
@@ -606,6 +614,7 @@ class Learner:
                 t.target = find(t.target)
         for s in {find(g) for g in parent}:
             _dedupe(states[s], self)
+            self._merged_into.add(s)
         self._verbatim_total = _count_verbatim(self.machine)
         for sid, suffix in refeed:
             self._feed(states[sid], suffix, refeed_of=None)
