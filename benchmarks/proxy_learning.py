@@ -58,8 +58,10 @@ from tests.proxy_support import (  # noqa: E402
 
 
 def kind(run) -> str:  # type: ignore[no-untyped-def]
+    """An activity: the command and its number of arguments (``SET k v`` and
+    ``SET k v EX n`` are different requests to learn), repeated (-r) or not."""
     cmd = run.kwargs["commands"][0]
-    return cmd[0] + ("" if len(cmd) > 1 else "/0") + (" -r" if run.kwargs.get("repeat") else "")
+    return f"{cmd[0]}/{len(cmd) - 1}" + (" -r" if run.kwargs.get("repeat") else "")
 
 
 def main(argv: list[str] | None = None) -> int:
