@@ -105,3 +105,20 @@ def test_a_damaged_history_starts_a_new_base(tmp_path: Path) -> None:
     train([str(a)], expected)
     train([str(b)], expected)
     assert (models / MODEL).read_bytes() == (expected / MODEL).read_bytes()
+
+
+def test_a_recording_gone_from_the_spool_is_not_forgotten_by_the_model(tmp_path: Path) -> None:
+    """An analyst may clean learned/: what it taught stays (the models become the base)."""
+    spool = Spool(tmp_path / "spool")
+    a = recording(spool, 40000, commands(b"GET", b"$-1\r\n"))
+    b = recording(spool, 41000, commands(b"DEL", b":0\r\n"))
+    models, base = tmp_path / "models", spool.root / "relearn"
+    relearn_files(str(models), [str(a)], str(base), 1 << 20)
+    a.unlink()
+    relearn_files(str(models), [str(b)], str(base), 1 << 20)
+    from scriptgen.model import load_model_dir
+
+    machine = load_model_dir(models)[("tcp", 6379)]
+    patterns = [t.pattern.describe() for t in machine.states[machine.root].transitions]
+    assert any("GET" in p for p in patterns) and any("DEL" in p for p in patterns)
+    assert json.loads((base / HISTORY).read_text())["recordings"] == [b.name]

@@ -121,8 +121,9 @@ def relearn_files(
 
     ``base_dir`` holds the models as they were before the recordings listed
     in its history file. A model file in ``model_dir`` that differs from what
-    this function last wrote there (changed by someone else, or a first run)
-    starts a new base from the current files. Recordings beyond ``budget``
+    this function last wrote there (changed by someone else, or a first run),
+    or a recording of the history that is gone, starts a new base from the
+    current files. Recordings beyond ``budget``
     bytes in all are folded into the base, oldest first (learned
     incrementally into it), so the cost of one batch stays bounded.
     """
@@ -136,15 +137,18 @@ def relearn_files(
     base.mkdir(parents=True, exist_ok=True)
     history = _read_history(base)
     current = {f.name: sha256_file(f) for f in model_files(directory)} if directory.is_dir() else {}
-    if current != history["written"]:  # a first run, or someone else changed the models
+    spool = base.parent
+    missing = any(_find(spool, n) is None for n in history["recordings"])
+    # A first run, someone else changed the models, or a recording of the history
+    # is gone (an analyst cleaned learned/): what the models know is kept, as base.
+    if current != history["written"] or missing:
         for f in model_files(base):
             f.unlink()
         for f in model_files(directory) if directory.is_dir() else []:
             shutil.copyfile(f, base / f.name)
         history = {"recordings": [], "written": current}
-    spool = base.parent
-    older = [str(p) for p in (_find(spool, n) for n in history["recordings"]) if p is not None]
-    names = [n for n in history["recordings"] if _find(spool, n) is not None]
+    names = list(history["recordings"])
+    older = [str(_find(spool, n)) for n in names]
     options = _options(region)
     while older and sum(_size(f) for f in older + paths) > budget:
         train([older[0]], base, options)  # folded into the base for good
