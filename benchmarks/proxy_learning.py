@@ -203,14 +203,19 @@ def plot(rows: list[tuple], window: int, png: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(xs, win, label=f"proxied fraction, last {window} runs")
     ax.plot(xs, cum, label="proxied fraction, cumulative", linestyle="--")
+    right = [
+        sum(1 for r in rows[max(0, i - window) : i] if not r[2] and r[4]) / min(i, window)
+        for i in xs
+    ]
+    ax.plot(xs, right, label=f"emulated, output = real server's, last {window} runs", linestyle=":")
     ax.scatter(xs, [1.02 if r[2] else -0.02 for r in rows], s=6, c="grey", label="each run")
     ax.set_xlabel("run (redis-cli, lab variety, from an empty model)")
-    ax.set_ylabel("proxied fraction")
+    ax.set_ylabel("fraction of runs")
     ax.set_ylim(-0.05, 1.05)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
+    fig.savefig(png, dpi=100, bbox_inches="tight")
     print(f"wrote {png}")
 
 
