@@ -90,11 +90,12 @@ class LearnOptions:
     # training dialog replays; nothing is generalised from them.
     # Measured on the lab captures (50-100 dialogs each): at most 15 verbatim
     # transitions at one state (redis's root), 163 in one machine (FTP), the
-    # longest request 216 bytes; the bounds leave room and stop floods.
+    # longest request 216 bytes; the bounds leave room and stop floods (at most
+    # 4096 x 4 KiB of literal requests per machine: a model file that still loads).
     verbatim: bool = True
     max_verbatim: int = 64  # verbatim transitions per state (a flood stays in the bucket)
     max_verbatim_total: int = 4096  # verbatim transitions per machine
-    max_verbatim_bytes: int = 65536  # longer requests stay in the bucket
+    max_verbatim_bytes: int = 4096  # longer requests stay in the bucket
 
     def __post_init__(self) -> None:
         for name in (
