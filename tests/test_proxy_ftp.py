@@ -31,7 +31,7 @@ pytestmark = [
 
 # what tnftp prints for login, pwd, cd, and size (a tab, then the size)
 EXPECTED = ("230 Login successful", "Remote directory: /", "250 Directory successfully changed")
-TRAIN = 12  # sessions through the proxy before the real server is stopped
+TRAIN = 6  # sessions through the proxy before the real server is stopped (docs/proxy.md)
 SIZE = re.compile(r"^/\S+\t\d+$", re.M)
 
 
