@@ -64,7 +64,7 @@ class ProxyConfig:
     record_bytes: int = 64 * 1024 * 1024  # largest recording (pcap) per source allocation
     learn: bool = True  # learn recordings online (off: keep them pending)
     doubt_samples: int = 8  # a matched transition with fewer, answers of several shapes: proxied
-    relearn_bytes: int = 16 * 1024 * 1024  # recordings relearned with each batch (0: off)
+    relearn_bytes: int = 4 * 1024 * 1024  # recordings relearned with each batch (0: off)
     min_cluster_size: int = 0  # region analysis of online learning (0: trainer default)
     micro_min_count: int = 0  # likewise (0: trainer default)
 
