@@ -98,3 +98,18 @@ def test_a_split_state_inherits_its_parents_dependencies_when_it_cannot_prove_it
     # (the value is fixed); byte 5 lies where the templates agree (+PONG) or not (:10).
     assert by_answer[b"+PONG\r\n"] == [ident, late]
     assert by_answer[b":10\r\n"] == [ident]
+
+
+def test_a_split_state_keeps_the_verbatim_flag_of_the_transitions_it_copies() -> None:
+    """The split state copies the generic state's onward transitions: an exact
+    (verbatim) one must stay exact, or a later training run would treat it as a
+    generalisation and never absorb it."""
+    m = machine_with_generic()
+    m.states[1].transitions[0].verbatim = True
+    dialogs = [dialog(b"PING", b"+PONG\r\n")] * 3 + [dialog(b"DBSIZE", b":10\r\n")] * 4
+    Learner(m, lambda requests: []).add(dialogs)
+    parents = split_by_answer(m, dialogs)
+    assert parents
+    for split_state in parents:
+        onward = m.states[split_state].transitions
+        assert [t.verbatim for t in onward] == [True]

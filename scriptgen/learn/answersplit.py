@@ -207,7 +207,8 @@ def _add(
     target.samples = len(rows)
     target.ends = dict(Counter(r.end for r in rows if r.end is not None))
     target.transitions = [
-        Transition(t.pattern, t.target, t.samples, list(t.examples)) for t in shared.transitions
+        Transition(t.pattern, t.target, t.samples, list(t.examples), t.verbatim)
+        for t in shared.transitions
     ]
     examples = sorted({r.request for r in rows})[:8]
     state.transitions.append(Transition(pattern, target.id, len(rows), examples))
