@@ -83,7 +83,9 @@ def rpcclient(addr: str, commands: str, timeout: float = 20.0) -> tuple[int, str
     return res.status, res.stdout
 
 
-def capture(work: Path, train: int, test: int, seed: int) -> tuple[Path, list[dict]]:
+def capture(
+    work: Path, train: int, test: int, seed: int, addr: str = REAL
+) -> tuple[Path, list[dict]]:
     """Training pcap (cached) and the test runs with the real server's answers (cached)."""
     pcap, tests_file = work / "train.pcap", work / "tests.json"
     if pcap.exists() and tests_file.exists():
@@ -92,15 +94,15 @@ def capture(work: Path, train: int, test: int, seed: int) -> tuple[Path, list[di
             return pcap, cached["runs"][:test]
     rng_train, rng_test = random.Random(seed), random.Random(seed + 1000)
     runs = []
-    with SambaServer(REAL, port=0, netbios_port=139):
-        with Tcpdump(pcap, bpf_for(REAL, [139])):
+    with SambaServer(addr, port=0, netbios_port=139):
+        with Tcpdump(pcap, bpf_for(addr, [139])):
             for i in range(train):
-                status, _ = rpcclient(REAL, draw(rng_train))
+                status, _ = rpcclient(addr, draw(rng_train))
                 if status != 0:
                     print(f"training run {i} exited {status}", file=sys.stderr)
         for _ in range(test):
             commands = draw(rng_test)
-            status, out = rpcclient(REAL, commands)
+            status, out = rpcclient(addr, commands)
             runs.append({"commands": commands, "status": status, "stdout": out})
     tests_file.write_text(json.dumps({"train": train, "seed": seed, "runs": runs}))
     return pcap, runs
@@ -168,16 +170,17 @@ def serve_and_play(
     deps: bool,
     client: Callable[[dict], tuple[int, str]] | None = None,
     min_requests: int = 25,
+    addr: str = EMU,
 ) -> Result:
-    """Serve ``model_dir`` on EMU:139 and play ``runs``; ``client(run)`` -> (status, stdout)
+    """Serve ``model_dir`` on ``addr``:139 and play ``runs``; ``client(run)`` -> (status, stdout)
     (default: rpcclient with the run's commands). A run completes when it exits as it
     did against the real server (``run["status"]``), with ``min_requests`` answered and
     nothing unmatched."""
-    client = client or (lambda run: rpcclient(EMU, run["commands"], timeout=10))
+    client = client or (lambda run: rpcclient(addr, run["commands"], timeout=10))
     events = work / f"events-{deps}.json"
     events.unlink(missing_ok=True)
     config = (
-        f"[scriptgen]\nmodel_dir = {model_dir}\nlisten = {EMU}\nports = tcp/139\n"
+        f"[scriptgen]\nmodel_dir = {model_dir}\nlisten = {addr}\nports = tcp/139\n"
         f"events = {events}\nreload_interval = 0\nrequest_settle = 0.05\n"
         f"on_unmatched = close\ncontent_dependencies = {'true' if deps else 'false'}\n"
     )
@@ -217,14 +220,16 @@ def main() -> int:
         metavar="DIR",
         help="only record max(--train) runs as DIR/lsass139.pcap + .runs.jsonl and stop",
     )
-    ap.add_argument("--addr", default=REAL, help="real server address for --record")
+    ap.add_argument(
+        "--addr", default=REAL, help="real server address, then the emulator's (127.x only)"
+    )
     args = ap.parse_args()
     if args.record is not None:
         args.record.mkdir(parents=True, exist_ok=True)
         print(json.dumps(record(args.record, "lsass139", max(args.train), args.seed, args.addr)))
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
-    pcap, runs = capture(args.work, max(args.train), args.test, args.seed)
+    pcap, runs = capture(args.work, max(args.train), args.test, args.seed, args.addr)
     print(f"test runs: {len(runs)}, real server exit 0 in {sum(r['status'] == 0 for r in runs)}")
     print("train  deps  completed  same-output  requests answered (min/median/max)")
     for n in args.train:
@@ -232,7 +237,7 @@ def main() -> int:
         model_dir = args.work / f"models-{n}"
         train(part, model_dir)
         for deps in (True, False):
-            r = serve_and_play(model_dir, args.work, runs, deps)
+            r = serve_and_play(model_dir, args.work, runs, deps, addr=args.addr)
             req = sorted(r.requests or [0])
             pct = 100 * r.completed / len(runs)
             print(
