@@ -12,7 +12,7 @@ server chooses and the client echoes: SMB2 session/tree id, SMB1 uid/tid).
 A client that still completes does not check that field; one that stops
 shows after which request (the emulator's count of answered requests) and
 with which error. Needs root (ports 139/445, tcpdump), smbd, smbclient,
-rpcclient, twistd; impacket (PyPI) for the impacket rows.
+rpcclient, twistd; impacket and pysmb (PyPI) for their rows.
 
 Protocol knowledge (header offsets) lives here, in the benchmark, never in
 scriptgen/.
@@ -47,6 +47,7 @@ NAME = "LABSRV"  # the real server's NetBIOS name; clients reach an address with
 NT1 = ["--option=client min protocol=NT1", "--option=client max protocol=NT1"]
 IPC_NT1 = ["--option=client ipc min protocol=NT1", "--option=client ipc max protocol=NT1"]
 IMPACKET_CLIENT = Path(__file__).resolve().parent / "impacket_lsa.py"
+PYSMB_CLIENT = Path(__file__).resolve().parent / "pysmb_ls.py"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ def _impacket(port: int) -> Callable[[str], list[str]]:
     return lambda addr: [sys.executable, str(IMPACKET_CLIENT), addr, str(port), "root"]
 
 
+def _pysmb(port: int) -> Callable[[str], list[str]]:
+    return lambda addr: [sys.executable, str(PYSMB_CLIENT), addr, str(port)]
+
+
 DIALOGS = {
     d.name: d
     for d in (
@@ -91,6 +96,8 @@ DIALOGS = {
         Dialog("rpcclient139", 139, _rpcclient(139, IPC_NT1)),
         Dialog("impacket445", 445, _impacket(445), REAL),
         Dialog("impacket139", 139, _impacket(139), REAL),
+        Dialog("pysmb445", 445, _pysmb(445)),
+        Dialog("pysmb139", 139, _pysmb(139)),
     )
 }
 
