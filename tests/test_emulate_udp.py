@@ -148,3 +148,30 @@ def test_refused_send_ends_the_session_not_the_service(error: Exception) -> None
     assert A not in proto.sessions
     closed = rt.events.of("scriptgen.session.closed")
     assert closed[0]["reason"] == "send_error" and closed[0]["bytes_out"] == 0
+
+
+def test_answers_to_one_source_address_are_bounded_by_its_send_budget() -> None:
+    """A spoofed source must not turn the honeypot into a reflector: past the
+    burst, one address gets ``udp_answer_rate`` bytes per second, whatever its
+    ports; other addresses keep their own budget; the drop is a limit event."""
+    pong = len(b"+PONG\r\n")
+    proto, t, rt, clock = make(udp_answer_rate=10 * pong, udp_answer_burst=20 * pong)
+    for port in range(1000, 1100):  # 100 queries, many source ports, in no time
+        proto.datagramReceived(b"PING\r\n", ("10.0.0.9", port))
+    assert len(t.sent) == 20
+    proto.datagramReceived(b"PING\r\n", B)  # another address: its own budget
+    assert t.sent[-1] == (b"+PONG\r\n", B)
+    hits = [e for e in rt.events.of("scriptgen.limit.hit") if e["limit"] == "udp_answer_rate"]
+    assert hits and hits[0]["dst"] == "10.0.0.9"
+    clock.advance(1.0)  # one second refills rate bytes: ten more answers
+    before = len(t.sent)
+    for port in range(2000, 2050):
+        proto.datagramReceived(b"PING\r\n", ("10.0.0.9", port))
+    assert len(t.sent) - before == 10
+
+
+def test_a_zero_answer_rate_means_no_bound() -> None:
+    proto, t, _rt, _clock = make(udp_answer_rate=0, udp_answer_burst=1)
+    for port in range(1000, 1300):
+        proto.datagramReceived(b"PING\r\n", ("10.0.0.9", port))
+    assert len(t.sent) == 300

@@ -87,6 +87,8 @@ class Limits:
     event_queue: int = 10000
     event_queue_bytes: int = 16 * 1024 * 1024
     log_payload_bytes: int = 4096
+    udp_answer_rate: int = 16384  # bytes/s sent to one UDP source address (0: unlimited)
+    udp_answer_burst: int = 65536  # ... of which this many at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +287,8 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "event_queue": _int(1),
         "event_queue_bytes": _int(1024),
         "log_payload_bytes": _int(0),
+        "udp_answer_rate": _int(0),
+        "udp_answer_burst": _int(1),
     },
 }
 

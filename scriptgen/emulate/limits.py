@@ -52,6 +52,43 @@ class LruTable(Generic[K, V]):
         return key in self._items
 
 
+class SendBudget:
+    """Bytes a source address may be sent per second (a token bucket per address).
+
+    Why: a UDP source address is not proven; an attacker can spoof a victim's
+    address and use the honeypot as a reflector. Each address gets ``burst``
+    bytes at once and ``rate`` bytes per second after that; the table of
+    addresses is an ``LruTable`` bounded by ``max_sources``, so an address
+    forgotten under a flood of sources starts again with a full bucket (at
+    most ``burst`` per address per eviction round).
+    """
+
+    def __init__(self, rate: int, burst: int, max_sources: int) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1)
+        self._buckets: LruTable[str, list[float]] = LruTable(max_sources)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def take(self, source: str, nbytes: int, now: float) -> bool:
+        """Spend ``nbytes`` of ``source``'s budget; False (and nothing spent) if short."""
+        if not self.enabled:
+            return True
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = [float(self.burst), now]
+            self._buckets.put(source, bucket)
+        tokens = min(float(self.burst), bucket[0] + max(0.0, now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if nbytes > tokens:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - nbytes
+        return True
+
+
 class ConnectionLimiter:
     """Concurrent connections, in total and per source address."""
 

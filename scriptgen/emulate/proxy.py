@@ -716,7 +716,7 @@ class _UdpClientTransport:
         self.udp, self.addr, self.side = udp, addr, side
 
     def write(self, data: bytes) -> None:
-        if self.udp.transport is not None:
+        if self.udp.transport is not None and self.udp.may_send(data, self.addr):
             self.udp.transport.write(data, self.addr)
 
     def pauseProducing(self) -> None: ...  # noqa: N802 -- datagrams: no flow control

@@ -18,6 +18,7 @@ from scriptgen.emulate.limits import (
     Activity,
     ConnectionLimiter,
     KeptRequest,
+    SendBudget,
     Throttle,
     UnmatchedStore,
 )
@@ -59,6 +60,7 @@ class Runtime:
     unmatched: UnmatchedStore = field(init=False)
     throttle: Throttle = field(init=False)
     activity: Activity[Evictable] = field(init=False)
+    udp_budget: SendBudget = field(init=False)  # bytes per second to one UDP source address
 
     def __post_init__(self) -> None:
         lim = self.config.limits
@@ -68,6 +70,7 @@ class Runtime:
         )
         self.throttle = Throttle(self.clock.seconds)
         self.activity = Activity()
+        self.udp_budget = SendBudget(lim.udp_answer_rate, lim.udp_answer_burst, lim.max_sources)
 
     def evict_quietest(self) -> Evictable | None:
         """Close the connection quiet the longest (at least EVICT_QUIET s) to make room."""

@@ -129,7 +129,7 @@ class EmulatorDatagramProtocol(DatagramProtocol):
 
     def _answer(self, session: UdpSession, addr: tuple[str, int], answer: bytes) -> None:
         state = session.dialog.state
-        if answer:
+        if answer and self.may_send(answer, addr, session.where):
             try:
                 self.transport.write(answer, addr)
             except (OSError, MessageLengthError):
@@ -143,6 +143,15 @@ class EmulatorDatagramProtocol(DatagramProtocol):
         if state.end is not End.OPEN:  # the dialog is over: the next datagram starts afresh
             self.sessions.pop(addr)
             self._end(session, "server_close" if state.end is End.CLOSE else "server_reset")
+
+    def may_send(self, data: bytes, addr: tuple[str, int], where: Endpoint | None = None) -> bool:
+        """Whether ``data`` may go to ``addr`` now: the source address's send budget
+        (``udp_answer_rate``) bounds what a spoofed source can make us reflect."""
+        rt = self.runtime
+        if rt.udp_budget.take(addr[0], len(data), rt.clock.seconds()):
+            return True
+        rt.limit_hit("udp_answer_rate", where, dst=addr[0], dropped_bytes=len(data))
+        return False
 
     def _evicted(self, _addr: tuple[str, int], session: UdpSession) -> None:
         self.runtime.limit_hit("max_sources", session.where)
