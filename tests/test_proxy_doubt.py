@@ -133,3 +133,37 @@ def test_a_host_that_never_accepts_leaves_it_to_the_emulator_too(tmp_path: Path)
     clock.advance(5)
     assert proto.resumed == [(step, b"PING\r\n")] and proto.closed is None
     assert [f["reason"] for e, f in events if e == "scriptgen.proxy.failed"] == ["host_timeout"]
+
+
+def _doubting_harness(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real EmulatorProtocol on a fake transport, with a proxy whose USER is doubted."""
+    from tests.test_emulate_support import Harness
+
+    m = line_machine(7000)
+    for t in m.states[0].transitions:
+        t.samples = 2
+    m.states[2].answers = {b"331 password?\r\n": 1, b"530 no\r\n": 1}
+    h = Harness(m)
+    proxy, connects, events, _, clock = make(tmp_path, doubt_samples=8, replay_timeout=5)
+    h.factory.proxy = proxy
+    return h, proxy, connects, events, clock
+
+
+def test_requests_pipelined_after_a_doubted_one_reach_the_host(tmp_path: Path) -> None:
+    h, _proxy, connects, _events, _ = _doubting_harness(tmp_path)
+    proto, _transport = h.connect("127.0.7.5", 4000)
+    proto.dataReceived(b"USER ann\r\nPING\r\nQU")  # one segment: two requests and a start
+    assert connects == [("127.0.0.9", 7000)]
+    assert b"".join(proto.tap.pending) == b"USER ann\r\nPING\r\nQU"  # nothing lost, in order
+
+
+def test_requests_pipelined_after_a_doubted_one_are_answered_on_fallback(tmp_path: Path) -> None:
+    h, _proxy, _connects, _events, clock = _doubting_harness(tmp_path)
+    proto, transport = h.connect("127.0.7.5", 4000)
+    transport.clear()  # the banner
+    proto.dataReceived(b"USER ann\r\nPING\r\n")
+    assert proto.tap.proxied
+    clock.advance(5)  # the host never accepts: the emulator answers both, in order
+    assert not proto.tap.proxied
+    assert transport.value() == b"331 password?\r\n+PONG\r\n"
+    assert proto.dialog.state.id == 1  # PING's state

@@ -52,6 +52,7 @@ class EmulatorProtocol(Protocol):
         self.gate: Any = None  # scriptgen.emulate.gate.Gate, set by the factory
         self._held: Any = None  # Deferred: an answer waits until the gate opened a port
         self._after_hold: list[Step] = []
+        self._unrun: list[Step] = []  # steps read after the one being run (pipelined)
         self.proxy: Any = None  # scriptgen.emulate.proxy.Proxy, set by the factory
         self.tap: Any = None  # this connection as the proxy sees it (proxy on)
 
@@ -201,7 +202,9 @@ class EmulatorProtocol(Protocol):
                 self._after_hold.extend(steps[i:])
                 return
             if isinstance(step, Matched):
+                self._unrun = steps[i + 1 :]  # a doubted step hands these over too
                 self._matched(step)
+                self._unrun = []
             elif isinstance(step, Unmatched):
                 self._unmatched(step)
             elif isinstance(step, Overflow):
@@ -289,16 +292,20 @@ class EmulatorProtocol(Protocol):
         then the bytes that followed it."""
         if self.closing:
             return
+        self.dialog.state = step.target  # requests read after it were handed over, undone
         self._matched(step, doubt=False)
         if rest and not self.closing:
             self._run(self.dialog.feed(rest))
 
     def hand_over(self) -> bytes:
-        """The proxy takes this connection: stop the request timers, give up the buffer."""
+        """The proxy takes this connection: stop the request timers, give up the buffer
+        (with the requests read after a doubted one but not run: pipelined ones)."""
         self._cancel("settle")
         self._cancel("request")
         self._cancel("quiet")
-        left, self.dialog.buffer = self.dialog.buffer, b""
+        unrun, self._unrun = self._unrun, []
+        read = b"".join(s.request for s in unrun if not isinstance(s, Overflow))
+        left, self.dialog.buffer = read + self.dialog.buffer, b""
         self.lost = False
         return left
 
