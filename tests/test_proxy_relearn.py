@@ -122,3 +122,40 @@ def test_a_recording_gone_from_the_spool_is_not_forgotten_by_the_model(tmp_path:
     patterns = [t.pattern.describe() for t in machine.states[machine.root].transitions]
     assert any("GET" in p for p in patterns) and any("DEL" in p for p in patterns)
     assert json.loads((base / HISTORY).read_text())["recordings"] == [b.name]
+
+
+def test_a_recording_learned_again_after_a_restart_counts_once(tmp_path: Path) -> None:
+    """A crash after the history was written but before the spool moved the batch to
+    learned/: the recording is pending again at the next start; relearning it must
+    not learn it twice (it is both in the history and in the batch)."""
+    spool = Spool(tmp_path / "spool")
+    a = recording(spool, 40000, commands(b"GET", b"$-1\r\n"))
+    models, base = tmp_path / "models", str(spool.root / "relearn")
+    relearn_files(str(models), [str(a)], base, 1 << 20)
+    relearn_files(str(models), [str(a)], base, 1 << 20)  # pending again after the crash
+    assert (models / MODEL).read_bytes() == scratch(tmp_path, [a], "scratch")
+    assert json.loads((spool.root / "relearn" / HISTORY).read_text())["recordings"] == [a.name]
+
+
+def test_a_failed_batch_does_not_fold_a_recording_into_the_base_twice(tmp_path: Path) -> None:
+    """Folding writes the base; a batch that then fails (a bad recording) must leave a
+    history that says so, or the next batch folds the same recording again."""
+    import pytest
+
+    spool = Spool(tmp_path / "spool")
+    a = recording(spool, 40000, commands(b"GET", b"$-1\r\n"))
+    b = recording(spool, 41000, commands(b"DEL", b":0\r\n"))
+    bad = spool.root / "bad.pcap"
+    bad.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * b.stat().st_size)  # a broken capture
+    models, base = tmp_path / "models", spool.root / "relearn"
+    budget = b.stat().st_size + 1  # room for one recording
+    relearn_files(str(models), [str(a)], str(base), budget)
+    for _ in range(2):
+        with pytest.raises(Exception):  # noqa: B017 -- whatever the trainer raises
+            relearn_files(str(models), [str(bad)], str(base), budget)
+    relearn_files(str(models), [str(b)], str(base), budget)
+    expected = tmp_path / "expected"
+    train([str(a)], expected)
+    assert (base / MODEL).read_bytes() == (expected / MODEL).read_bytes()  # a, once
+    train([str(b)], expected)
+    assert (models / MODEL).read_bytes() == (expected / MODEL).read_bytes()

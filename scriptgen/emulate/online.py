@@ -125,7 +125,10 @@ def relearn_files(
     or a recording of the history that is gone, starts a new base from the
     current files. Recordings beyond ``budget``
     bytes in all are folded into the base, oldest first (learned
-    incrementally into it), so the cost of one batch stays bounded.
+    incrementally into it), so the cost of one batch stays bounded; the history
+    says so at once (a batch that fails after a fold must not fold it again).
+    A recording in the history and in the batch (pending again after a crash
+    before the spool moved it) is learned once.
     """
     import shutil
     import tempfile
@@ -147,12 +150,18 @@ def relearn_files(
         for f in model_files(directory) if directory.is_dir() else []:
             shutil.copyfile(f, base / f.name)
         history = {"recordings": [], "written": current}
+    for stale in base.glob(".relearn-*"):  # a batch that crashed left its scratch copy
+        shutil.rmtree(stale, ignore_errors=True)
+    batch = {Path(p).name for p in paths}  # pending again after a crash: learned once
     names = list(history["recordings"])
-    older = [str(_find(spool, n)) for n in names]
+    older = [str(_find(spool, n)) for n in names if n not in batch]
+    names = [n for n in names if n not in batch]
     options = _options(region)
     while older and sum(_size(f) for f in older + paths) > budget:
         train([older[0]], base, options)  # folded into the base for good
         older, names = older[1:], names[1:]
+        # said at once: a batch that fails below must not fold it again next time
+        _write_history(base, {"recordings": names, "written": history["written"]})
     before = _transitions(directory) if directory.is_dir() else {}
     with tempfile.TemporaryDirectory(prefix=".relearn-", dir=base) as tmp:
         for f in model_files(base):
