@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from scriptgen.learn.answersplit import split_by_answer
 from scriptgen.learn.consolidate import consolidate
 from scriptgen.learn.dialog import Dialog
@@ -113,3 +115,86 @@ def test_a_split_state_keeps_the_verbatim_flag_of_the_transitions_it_copies() ->
     for split_state in parents:
         onward = m.states[split_state].transitions
         assert [t.verbatim for t in onward] == [True]
+
+
+TYPED = Pattern(
+    (Region(b"T"), Region.mutating(1, 1), Region(b" "), Region.mutating(0, 32), Region(b"\r\n"))
+)
+
+
+def typed_machine() -> Machine:
+    """Root --T<1> <0..32>\\r\\n--> [1] --QUIT\\r\\n--> [2]: a one-byte type field that
+    region analysis could not split (too few requests per value)."""
+    m = Machine("tcp", 7000)
+    one, two = m.new_state(), m.new_state()
+    m.states[0].transitions.append(Transition(TYPED, one.id))
+    one.transitions.append(Transition(Pattern.literal(b"QUIT\r\n"), two.id))
+    return m
+
+
+def typed(kind: bytes, arg: bytes, answer: bytes) -> Dialog:
+    turns = (Turn(b"T" + kind + b" " + arg + b"\r\n", answer), Turn(b"QUIT\r\n", b"BYE\r\n"))
+    return Dialog("tcp", 7000, b"", Suffix(turns))
+
+
+def typed_answer(m: Machine, request: bytes) -> bytes:
+    transition, _ = m.states[0].best_transition(request)
+    return m.states[transition.target].answer
+
+
+def test_a_narrow_type_field_seen_once_splits_when_it_predicts_both_shapes() -> None:
+    """Two requests of one type, one of another: the type byte predicts the request's
+    length and the answer's length, so even the single request gets its own state."""
+    m = typed_machine()
+    dialogs = [
+        typed(b"Q", b"a7Fq0zPw3kLm", b"+" + b"x" * 60 + b"\r\n"),
+        typed(b"Q", b"Zr81mB4tYc0e", b"+" + b"y" * 60 + b"\r\n"),
+        typed(b"D", b"", b"+OK\r\n"),
+    ]
+    Learner(m, lambda requests: []).add(dialogs)
+    parents = split_by_answer(m, dialogs)
+    assert len(parents) == 2
+    consolidate(m)
+    assert typed_answer(m, b"TD \r\n") == b"+OK\r\n"
+    assert len(typed_answer(m, b"TQ 9kQw2ZrT0pLx\r\n")) == 63
+    # Both split states go on like the generic one.
+    for sid in parents:
+        assert m.states[sid].best_transition(b"QUIT\r\n") is not None
+
+
+@pytest.mark.parametrize(
+    ("kinds", "args"),
+    [
+        # Same request shape, different answers (an error for one id, a success for
+        # another): with one request per value that may be chance.
+        ((b"Q", b"Q", b"D"), (b"a7Fq0zPw", b"Zr81mB4t", b"k3Lp9QwE")),
+        # Every value seen once (an id, a counter) is no type field, whatever the shapes.
+        ((b"A", b"B", b"C"), (b"a7Fq0zPw3kLm", b"Zr81mB4tYc0e", b"")),
+    ],
+)
+def test_a_narrow_field_without_evidence_of_a_type_does_not_split(kinds, args) -> None:
+    m = typed_machine()
+    answers = (b"+" + b"x" * 60 + b"\r\n", b"+" + b"y" * 60 + b"\r\n", b"+OK\r\n")
+    dialogs = [typed(k, a, ans) for k, a, ans in zip(kinds, args, answers, strict=True)]
+    assert split_by_answer(m, dialogs) == {}
+
+
+def test_a_split_state_copies_the_splits_its_generic_state_gained() -> None:
+    """Splits at two successive transitions: the first split state must also have
+    the second's sub-transitions, or merging it back into the generic state
+    (incremental training) lets them steal requests it learned to continue."""
+    m = machine_with_generic()
+    one = m.states[1]
+    three = m.new_state()
+    one.transitions = [Transition(GENERIC, three.id)]
+    dialogs = []
+    for word, answer in ((b"PING", b"+PONG\r\n"), (b"SIZE", b":10\r\n")):
+        turns = (Turn(b"CMD " + word + b"\r\n", answer), Turn(b"CMD " + word + b"\r\n", answer))
+        dialogs += [Dialog("tcp", 7000, b"", Suffix(turns))] * 2
+    parents = split_by_answer(m, dialogs)
+    first = [sid for sid, (generic, _) in parents.items() if generic == 1]
+    assert first and len(one.transitions) == 3
+    for sid in first:
+        assert [t.pattern for t in m.states[sid].transitions] == [
+            t.pattern for t in one.transitions
+        ]
