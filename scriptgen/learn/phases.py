@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import Any, Protocol
@@ -602,7 +602,7 @@ class Learner:
             patterns.pop(gone, None)
         if not parent:
             return find(ids[0])
-        if _cyclic(states, find):
+        if _cyclic(states, parent, find):
             return None
         refeed: list[tuple[int, Suffix]] = []
         for gid in sorted(parent):
@@ -615,11 +615,14 @@ class Learner:
             self._merged += 1
         for s in states.values():
             for t in s.transitions:
-                t.target = find(t.target)
-        for s in {find(g) for g in parent}:
+                if t.target in parent:  # a dict lookup per edge, not a call: merges are many
+                    t.target = find(t.target)
+        survivors = sorted({find(g) for g in parent})
+        verbatim = _count_verbatim_of(states[s] for s in survivors)
+        for s in survivors:
             _dedupe(states[s], self)
             self._merged_into.add(s)
-        self._verbatim_total = _count_verbatim(self.machine)
+        self._verbatim_total += _count_verbatim_of(states[s] for s in survivors) - verbatim
         for sid, suffix in refeed:
             self._feed(states[sid], suffix, refeed_of=None)
         return find(ids[0])
@@ -680,22 +683,38 @@ class Learner:
 
 
 def _count_verbatim(machine: Machine) -> int:
-    return sum(1 for s in machine.states.values() for t in s.transitions if t.verbatim)
+    return _count_verbatim_of(machine.states.values())
 
 
-def _cyclic(states: dict[int, State], find: Callable[[int], int]) -> bool:
-    """Whether the machine with states identified by ``find`` would have a cycle
-    (a transition into its own merged state counts). Iterative DFS, O(states + edges)."""
-    edges: dict[int, set[int]] = {}
-    for s in states.values():
-        out = edges.setdefault(find(s.id), set())
-        for t in s.transitions:
-            out.add(find(t.target))
+def _count_verbatim_of(states: Iterable[State]) -> int:
+    return sum(1 for s in states for t in s.transitions if t.verbatim)
+
+
+def _cyclic(states: dict[int, State], parent: dict[int, int], find: Callable[[int], int]) -> bool:
+    """Whether merging the states that ``parent`` joins (``find``: a state's survivor)
+    would make a cycle (a transition into its own merged state counts).
+
+    The learner keeps the machine acyclic, so a new cycle passes through a
+    merged state: an iterative DFS from those only, over what they reach.
+    Checking the whole machine per merge made thousands of merges (verbatim
+    transitions absorbed one by one) quadratic.
+    """
+    members: dict[int, list[int]] = {}
+    for x in parent:
+        members.setdefault(find(x), []).append(x)
+    for rep, group in members.items():
+        group.append(rep)
+
+    def out(node: int) -> Iterator[int]:
+        targets = {find(t.target) for x in members.get(node, (node,)) if x in states
+                   for t in states[x].transitions}  # fmt: skip
+        return iter(sorted(targets))
+
     colour: dict[int, int] = {}  # 1: on the stack, 2: done
-    for start in sorted(edges):
+    for start in sorted(members):
         if start in colour:
             continue
-        stack = [(start, iter(sorted(edges[start])))]
+        stack = [(start, out(start))]
         colour[start] = 1
         while stack:
             node, it = stack[-1]
@@ -707,7 +726,7 @@ def _cyclic(states: dict[int, State], find: Callable[[int], int]) -> bool:
                 return True
             elif nxt not in colour:
                 colour[nxt] = 1
-                stack.append((nxt, iter(sorted(edges.get(nxt, ())))))
+                stack.append((nxt, out(nxt)))
     return False
 
 
