@@ -37,6 +37,25 @@ Measured (2-core shared box): before verbatim leftovers and sibling merges
 
 Verbatim transitions generalise nothing, so held-out matching only gains
 where other runs repeat a request byte for byte (FTP commands).
+
+Type-like answersplit (504e9f6) and small-cluster widths (57cec5d), from
+e00c6b3; bucketed and A→B differ stay 0 everywhere:
+
+    capture         port      held-out matched   answer sim       states
+    dns             tcp/53     5/6 -> 5/6        0.790 -> 0.790    6 -> 8
+    dns             udp/53    14/14 -> 14/14     0.699 -> 0.699   12 -> 12
+    ftp             tcp/21    84/161 -> 84/161   0.996 -> 0.996  199 -> 199
+    lsarpc139       tcp/139  193/286 -> 198/286  0.916 -> 0.915  114 -> 114
+    lsass139        tcp/139 1110/1182 -> same    0.914 -> 0.914  409 -> 409
+    redis           tcp/6379   6/30 -> 6/30      0.667 -> 0.759   52 -> 52
+    smb139          tcp/139  182/232 -> 182/232  0.869 -> 0.894  172 -> 179
+    smb445          tcp/445  173/248 -> 173/248  0.880 -> 0.891  170 -> 180
+
+Tried and not kept (same table): folding fixed runs of up to 6 bytes in
+clusters of fewer than 6 requests (chance-fixed islands such as a ``$6``
+length) took redis to 12/30 but let SET and INCR share a transition and
+lowered answer similarity (redis 0.563, smb139 0.870); up to 3 bytes gained
+nothing and cost smb139 0.875.
 """
 
 from __future__ import annotations
