@@ -32,18 +32,22 @@ _Sig = tuple[str, int, str, str]  # protocol, port, patterns to the state, patte
 
 
 def _transitions(model_dir: Path) -> dict[_Sig, dict[str, Any]]:
-    """Every transition, keyed by where it is (the patterns leading to its state) and
-    its pattern: state ids are not stable when a model is learned again from its base."""
+    """Every transition, keyed by where it is (a digest of the patterns leading to its
+    state: spelled out, a deep chain of long verbatim requests costs depth^2 x their
+    size) and its pattern: state ids are not stable when a model is learned again
+    from its base."""
+    import hashlib
     import json
+    from collections import deque
 
     from scriptgen.model import load_model_dir
 
     out: dict[_Sig, dict[str, Any]] = {}
     for (proto, port), machine in load_model_dir(model_dir).items():
         paths: dict[int, str] = {machine.root: ""}
-        todo = [machine.root]
+        todo = deque([machine.root])
         while todo:  # breadth first: each state's shortest path, in transition order
-            state = machine.states[todo.pop(0)]
+            state = machine.states[todo.popleft()]
             for t in state.transitions:
                 pattern = json.dumps(t.pattern.to_json(), sort_keys=True)
                 sig = (proto, port, paths[state.id], pattern)
@@ -52,11 +56,12 @@ def _transitions(model_dir: Path) -> dict[_Sig, dict[str, Any]]:
                     "state": state.id,
                     "target": t.target,
                     "pattern": t.pattern.describe(),
-                    "regex": t.pattern.compiled.pattern.decode("latin-1"),
+                    "regex": t.pattern.source.decode("latin-1"),  # not compiled: slow
                     "fixed_bytes": t.pattern.specificity,
                 })  # fmt: skip
                 if t.target not in paths and t.target in machine.states:
-                    paths[t.target] = paths[state.id] + "\n" + pattern
+                    step = (paths[state.id] + "\n" + pattern).encode()
+                    paths[t.target] = hashlib.sha256(step).hexdigest()
                     todo.append(t.target)
     return out
 

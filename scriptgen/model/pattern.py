@@ -91,10 +91,15 @@ class Pattern:
     def max_len(self) -> int:
         return sum(r.max_len for r in self.regions)
 
+    @property
+    def source(self) -> bytes:
+        """The regex text (for display and signatures: compiling a long literal costs
+        milliseconds, the regex module parses it in Python)."""
+        return b"(?s)" + b"".join(r.to_regex() for r in self.regions)
+
     @cached_property
     def compiled(self) -> regex.Pattern:
-        body = b"".join(r.to_regex() for r in self.regions)
-        return regex.compile(b"(?s)" + body)
+        return regex.compile(self.source)
 
     def fullmatch(self, data: bytes, timeout: float | None = None) -> regex.Match | None:
         """The match object when ``data`` is exactly one request of this kind.
