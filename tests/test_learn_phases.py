@@ -289,6 +289,23 @@ def test_consolidation_majority_and_deterministic_ties():
     assert s.end is End.RESET
 
 
+def test_silence_loses_a_tie_where_the_server_mostly_spoke():
+    """Fifteen answers that differ only by a server id, and one turn left
+    unanswered: all count 1, and the shortest would be silence."""
+    machine = Machine("tcp", 445)
+    s = machine.states[0]
+    s.answers = {b"OK id=%02d" % i: 1 for i in range(15)}
+    s.answers[b""] = 1
+    consolidate(machine)
+    assert s.answer == b"OK id=00"
+    s.answers = {b"": 2, b"OK id=01": 1, b"OK id=02": 1}
+    consolidate(machine)
+    assert s.answer == b""  # silence is the majority: it wins on count
+    s.answers = {b"": 1, b"OK id=01": 1}
+    consolidate(machine)
+    assert s.answer == b""  # as often silent as not: the shorter, as before
+
+
 def test_silent_state_answers_empty():
     machine = Machine("tcp", 21)
     learner = Learner(machine, make_standin())

@@ -13,10 +13,23 @@ from scriptgen.model import End, Machine, State
 
 
 def consolidated_answer(state: State) -> bytes:
-    """The most frequent answer; ties go to the shorter, then the smaller bytes (deterministic)."""
+    """The most frequent answer; ties go to the shorter, then the smaller bytes (deterministic).
+
+    One exception to "shorter": silence loses a tie when the server spoke in
+    most arrivals here. Where every answer carries its own server-chosen id,
+    all counts are 1, and "shortest" picked the one turn the server left
+    unanswered (a capture cut short, a client that hung up): the emulator
+    then stayed silent where the server always spoke, and the client hung.
+    """
     if not state.answers:
         return state.answer
-    return min(state.answers.items(), key=lambda kv: (-kv[1], len(kv[0]), kv[0]))[0]
+    spoke = sum(n for answer, n in state.answers.items() if answer)
+    silent = state.answers.get(b"", 0)
+    quiet_is_odd = spoke > silent
+    return min(
+        state.answers.items(),
+        key=lambda kv: (-kv[1], quiet_is_odd and not kv[0], len(kv[0]), kv[0]),
+    )[0]
 
 
 def consolidated_end(state: State) -> End:
