@@ -47,3 +47,13 @@ def test_a_wide_field_of_equal_lengths_in_many_requests_stays_exact() -> None:
     found = widths(2 * OPTIONS.min_cluster_size)
     assert (4, 4) in found
     assert (16, 16) in found
+
+
+def test_a_wide_field_before_a_short_id_keeps_its_width() -> None:
+    """A 2-byte id after the wide field must stay at a fixed offset (content
+    inference finds the ids a server echoes by offset), so nothing before it widens."""
+    rng = random.Random(5)
+    samples = [b"HDR" + rng.randbytes(16) + b"ID" + rng.randbytes(2) + b"END" for _ in range(3)]
+    (cluster,) = analyse(samples, OPTIONS)
+    found = [(r.min_len, r.max_len) for r in cluster.pattern.regions if not r.is_fixed]
+    assert found == [(16, 16), (2, 2)]

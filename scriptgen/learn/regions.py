@@ -41,8 +41,11 @@ fullmatches every member:
    [⌊a/(1+s)⌋, ⌈b·(1+s)⌉] with s = ``length_slack``; fixed-width ones
    (a = b: ids, counters, lengths) stay exact, except in a cluster of fewer
    than 2 × ``min_cluster_size`` requests, where a fixed width above
-   ``NARROW`` (4) bytes is widened too: three requests whose variable field
-   happened to be 16 bytes long say little about the next one
+   ``NARROW`` (4) bytes that no narrow fixed-width region follows is
+   widened too: three requests whose variable field happened to be 16 bytes
+   long say little about the next one, while a short id after it must keep
+   its offset (widening an SMB1 signature unlinked the process id for
+   content inference: tests/test_content_captures.py)
    (``benchmarks/learn_holdout.py``: held-out requests matched lsarpc139
    193 -> 198 of 286, others unchanged; answer similarity 0.916 -> 0.915).
    Minimums are capped at ``max_align_len`` (``regex`` compiles ``.{n,m}``
@@ -456,16 +459,32 @@ def _widen(pattern: Pattern, slack: float, min_cap: int, few: bool = False) -> P
     comes from requests longer than the alignment bound anyway.
     """
     regions = []
-    for r in pattern.regions:
+    loose = _loose_widths(pattern) if few else set()
+    for k, r in enumerate(pattern.regions):
         if r.is_fixed:
             regions.append(r)
             continue
         lo, hi = r.min_len, r.max_len
-        if slack > 0 and (lo != hi or (few and lo > NARROW)):
+        if slack > 0 and (lo != hi or k in loose):
             lo = math.floor(lo / (1.0 + slack))
             hi = math.ceil(hi * (1.0 + slack))
         regions.append(Region.mutating(min(lo, min_cap), hi))
     return Pattern(tuple(regions))
+
+
+def _loose_widths(pattern: Pattern) -> set[int]:
+    """Fixed-width mutating regions wider than ``NARROW`` that no narrow
+    fixed-width one follows: widening them keeps every short id at a fixed
+    offset from the start (content inference links ids by offset)."""
+    loose: set[int] = set()
+    for k in range(len(pattern.regions) - 1, -1, -1):
+        r = pattern.regions[k]
+        if r.is_fixed or r.min_len != r.max_len:
+            continue
+        if r.min_len <= NARROW:
+            break
+        loose.add(k)
+    return loose
 
 
 def _pattern_key(pattern: Pattern) -> str:
