@@ -50,3 +50,15 @@ def test_a_literal_rule_gives_the_same_match_as_its_pattern() -> None:
     assert [m.span(i) for i in range(5)] == [expected.span(i) for i in range(5)]
     assert m.group(2) == b"/x" and m.group(3) == body
     assert rule.match(b"GET /y\r\n") is None
+
+
+def test_the_learner_matches_a_literal_without_compiling_it() -> None:
+    """The learner walks every dialog through Pattern.fullmatch (State.best_transition)."""
+    request = b"%05d" % 7 + b"y" * 4096
+    pattern = Pattern.literal(request)
+    m = pattern.fullmatch(request)
+    assert m is not None and m.span(1) == (0, len(request))
+    assert pattern.fullmatch(request[:-1] + b"z") is None
+    assert "compiled" not in pattern.__dict__  # the literal was never parsed as a regex
+    empty = Pattern.literal(b"")
+    assert empty.fullmatch(b"") is not None and empty.fullmatch(b"x") is None

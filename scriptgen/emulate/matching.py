@@ -29,7 +29,6 @@ from typing import Any
 import regex
 
 from scriptgen.model import End, Machine, Pattern, State, Transition
-from scriptgen.model.pattern import MAX_COUNTED_REPEAT
 
 MATCH_TIMEOUT = 0.05  # seconds one regex evaluation may take (see MatchTimeout)
 ANCHOR_BYTES = 16  # bytes of the anchoring fixed region used as the dict key
@@ -69,10 +68,6 @@ class Rule:
     first: tuple[int, int, bytes] | None  # first fixed region and its possible offsets lo..hi
     timeout: float  # seconds per regex evaluation
     loose: bool  # has regions compiled as ``.*`` plus a length check (Region.is_loose)
-    # A literal's regions as groups of their lengths (``match``): compiling the literal
-    # itself costs ~3 us a byte (the regex module parses it in Python), and verbatim
-    # transitions are up to max_verbatim_bytes long, thousands per machine.
-    spans: Any = None
 
     def __repr__(self) -> str:
         return f"Rule({self.order}: {self.pattern.describe()} -> {self.target})"
@@ -95,8 +90,6 @@ class Rule:
 
     def match(self, data: bytes) -> Any:
         """The regex match (live values of the regions), for later stages; None on timeout."""
-        if self.literal is not None:
-            return self.spans.fullmatch(data) if data == self.literal else None
         try:
             return self._full(data)
         except MatchTimeout:
@@ -175,21 +168,6 @@ def _prefix_regex(pattern: Pattern) -> Any:
         else:
             parts.append(b".{%d,%d}?" % (region.min_len, region.max_len))
     return regex.compile(b"(?s)" + b"".join(parts))
-
-
-def _spans_regex(pattern: Pattern) -> Any:
-    """Groups of a literal pattern's region lengths: for a request equal to the
-    literal, the same match (groups, spans) as the pattern's own regex."""
-    return regex.compile(b"(?s)" + b"".join(_exactly(len(r.fixed or b"")) for r in pattern.regions))
-
-
-def _exactly(n: int) -> bytes:
-    """A group of exactly ``n`` bytes; counts over MAX_COUNTED_REPEAT nested (the regex
-    module compiles ``.{n}`` in time and memory that grow with n)."""
-    q, r = divmod(n, MAX_COUNTED_REPEAT)
-    if not q:
-        return b"(.{%d})" % r
-    return b"((?:.{%d}){%d}.{%d})" % (MAX_COUNTED_REPEAT, q, r)
 
 
 def _first_fixed(pattern: Pattern) -> tuple[int, int, bytes] | None:
@@ -276,11 +254,9 @@ class StateIndex:
                     required=max(
                         (r.fixed for r in t.pattern.regions if r.fixed), key=len, default=b""
                     ),
-                    spans=None if literal is None else _spans_regex(t.pattern),
                 )
             )
-            if literal is None:  # compile now (off the reactor thread), not at first use
-                t.pattern.compiled  # noqa: B018
+            t.pattern.prepare()  # compile now (off the reactor thread), not at first use
         index = cls(state.id, state.answer, state.end, rules)
         by_shape: dict[tuple[int, int, int], dict[bytes, list[Rule]]] = {}
         for rule in sorted(rules, key=lambda r: r.sort_key):

@@ -101,6 +101,28 @@ class Pattern:
     def compiled(self) -> regex.Pattern:
         return regex.compile(self.source)
 
+    @cached_property
+    def _exact(self) -> bytes | None:
+        """The one request an all-fixed pattern takes: compared as bytes, since the
+        regex module compiles a literal in Python (~3 us a byte) and verbatim
+        transitions are up to 4 KiB long, thousands per machine."""
+        if all(r.fixed is not None for r in self.regions):
+            return b"".join(r.fixed or b"" for r in self.regions)
+        return None
+
+    @cached_property
+    def _spans(self) -> regex.Pattern:
+        """Groups of an all-fixed pattern's region lengths: on its one request, the
+        same match (groups, spans) as ``compiled``, without compiling the bytes."""
+        return regex.compile(b"(?s)" + b"".join(_exactly(r.max_len) for r in self.regions))
+
+    def prepare(self) -> None:
+        """Compile what ``fullmatch`` needs now (off the reactor thread), not at first use."""
+        if self._exact is None:
+            self.compiled  # noqa: B018
+        else:
+            self._spans  # noqa: B018
+
     def fullmatch(self, data: bytes, timeout: float | None = None) -> regex.Match | None:
         """The match object when ``data`` is exactly one request of this kind.
 
@@ -108,6 +130,8 @@ class Pattern:
         """
         if not self.min_len <= len(data) <= self.max_len:
             return None
+        if self._exact is not None:
+            return self._spans.fullmatch(data) if data == self._exact else None
         if self._loose_groups and not self.feasible(data):
             # ``.*`` next to other regions backtracks for seconds to minutes
             # on a long request that does not match (measured: 6 s per MB).
@@ -188,6 +212,15 @@ class Pattern:
     def describe(self, max_fixed: int = 24) -> str:
         """Human-readable form: fixed bytes as text or hex, mutating as ``<n..m>``."""
         return " ".join(_describe_region(r, max_fixed) for r in self.regions) or "<empty>"
+
+
+def _exactly(n: int) -> bytes:
+    """A group of exactly ``n`` bytes; counts over MAX_COUNTED_REPEAT nested (the regex
+    module compiles ``.{n}`` in time and memory that grow with n)."""
+    q, r = divmod(n, MAX_COUNTED_REPEAT)
+    if not q:
+        return b"(.{%d})" % r
+    return b"((?:.{%d}){%d}.{%d})" % (MAX_COUNTED_REPEAT, q, r)
 
 
 def _grow(spans: list[tuple[int, int]], lo: int, hi: int, n: int) -> list[tuple[int, int]]:
