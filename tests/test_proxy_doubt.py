@@ -155,6 +155,7 @@ def test_requests_pipelined_after_a_doubted_one_reach_the_host(tmp_path: Path) -
     proto.dataReceived(b"USER ann\r\nPING\r\nQU")  # one segment: two requests and a start
     assert connects == [("127.0.0.9", 7000)]
     assert b"".join(proto.tap.pending) == b"USER ann\r\nPING\r\nQU"  # nothing lost, in order
+    assert proto.dialog.requests == 1  # the doubted one was matched; PING is handed over as bytes
 
 
 def test_requests_pipelined_after_a_doubted_one_are_answered_on_fallback(tmp_path: Path) -> None:
@@ -167,3 +168,4 @@ def test_requests_pipelined_after_a_doubted_one_are_answered_on_fallback(tmp_pat
     assert not proto.tap.proxied
     assert transport.value() == b"331 password?\r\n+PONG\r\n"
     assert proto.dialog.state.id == 1  # PING's state
+    assert proto.dialog.requests == 2  # each counted once

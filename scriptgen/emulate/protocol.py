@@ -305,6 +305,7 @@ class EmulatorProtocol(Protocol):
         self._cancel("quiet")
         unrun, self._unrun = self._unrun, []
         read = b"".join(s.request for s in unrun if not isinstance(s, Overflow))
+        self.dialog.requests -= sum(isinstance(s, Matched) for s in unrun)  # bytes again
         left, self.dialog.buffer = read + self.dialog.buffer, b""
         self.lost = False
         return left
