@@ -169,3 +169,42 @@ def test_requests_pipelined_after_a_doubted_one_are_answered_on_fallback(tmp_pat
     assert transport.value() == b"331 password?\r\n+PONG\r\n"
     assert proto.dialog.state.id == 1  # PING's state
     assert proto.dialog.requests == 2  # each counted once
+
+
+def test_connections_pulled_over_by_a_doubt_go_back_to_the_emulator_with_it(tmp_path: Path) -> None:
+    """A doubted request takes the source's other connections to the host too; when
+    the host refuses, they are emulated again (with what their clients sent
+    meanwhile), not closed: doubt never ends a run the model could answer."""
+    from twisted.internet import error
+    from twisted.python.failure import Failure
+
+    proxy, connects, events, _, _ = make(tmp_path, doubt_samples=8)
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    quiet = ResumingProto(machine, "127.0.7.5", 4001)  # another connection, emulated so far
+    quiet.hand_over = lambda: b""  # type: ignore[method-assign]  # nothing unread
+    quiet_tap = proxy.attach(quiet)
+    quiet_tap.emulated(b"", b"220 hello\r\n")
+    proto = ResumingProto(machine, "127.0.7.5", 4000)
+    tap = proxy.attach(proto)
+    step = _step(machine, b"USER ann\r\n")
+    assert tap.doubt(step)
+    assert quiet_tap.proxied and len(connects) == 2
+    quiet_tap.from_client(b"PING\r\n")
+    refused = Failure(error.ConnectionRefusedError())
+    tap.connect_failed(refused)
+    quiet_tap.connect_failed(refused)  # its own attempt fails too: ignored now
+    assert proto.resumed == [(step, b"PING\r\n")] and proto.closed is None
+    assert quiet.resumed == [(None, b"PING\r\n")] and quiet.closed is None
+    assert not quiet_tap.proxied and proxy.relayed == 0
+    assert [f["reason"] for e, f in events if e == "scriptgen.proxy.failed"] == ["host_refused"]
+
+
+def test_a_client_that_half_closed_while_connecting_is_answered_then_closed(tmp_path: Path) -> None:
+    h, _proxy, _connects, _events, clock = _doubting_harness(tmp_path)
+    proto, transport = h.connect("127.0.7.5", 4000)
+    transport.clear()
+    proto.dataReceived(b"USER ann\r\n")
+    proto.readConnectionLost()  # printf ... | nc: the request came with the FIN
+    clock.advance(5)  # the host never accepts
+    assert transport.value() == b"331 password?\r\n"
+    assert proto.closing and proto.close_reason == "client_closed"

@@ -287,13 +287,15 @@ class EmulatorProtocol(Protocol):
         else:
             self.lost = True  # stay silent; the idle timeout ends the connection
 
-    def resume(self, step: Matched, rest: bytes) -> None:
-        """The pool host could not take a doubted request: the model answers it after all,
+    def resume(self, step: Matched | None, rest: bytes) -> None:
+        """The pool host could not take a doubted request (``step``; None: another
+        connection's, which took this one along): the model answers it after all,
         then the bytes that followed it."""
         if self.closing:
             return
-        self.dialog.state = step.target  # requests read after it were handed over, undone
-        self._matched(step, doubt=False)
+        if step is not None:
+            self.dialog.state = step.target  # requests read after it were handed over, undone
+            self._matched(step, doubt=False)
         if rest and not self.closing:
             self._run(self.dialog.feed(rest))
 

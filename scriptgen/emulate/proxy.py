@@ -190,6 +190,7 @@ class Tap:
         self.scores: list[float] = []
         self.differs: list[int] = []  # replayed turns whose answers differed (relayed anyway)
         self.doubted: Any = None  # the matched step handed over in doubt (until relaying)
+        self.pulled = False  # taken to the host with another connection's doubted request
         self._quiet: Any = None
         self._deadline: Any = None
 
@@ -231,15 +232,29 @@ class Tap:
 
     def _fall_back(self, reason: str, **details: Any) -> None:
         """The host did not take a doubted request (refused, no answer to the connect):
-        the emulator answers it after all, as it would without a proxy."""
-        self._cancel_timers()
+        the emulator answers it after all, as it would without a proxy; connections
+        this doubt took along are emulated again too, not closed."""
         step, self.doubted = self.doubted, None
-        rest = b"".join(self.pending[1:])  # the doubted request is the first
-        self.pending = []
-        self.mode = EMULATING
-        self.proxy.uncount(self)
+        others = [
+            t for t in self.source.taps if t is not self and t.pulled and t.mode == CONNECTING
+        ]
+        self.pending = self.pending[1:]  # the doubted request is the first
+        rests = [(tap, tap._back_to_emulator()) for tap in [self, *others]]
         self.proxy.failed(self, reason, fallback="emulated", **details)
-        self.proto.resume(step, rest)
+        for tap, rest in rests:
+            tap.proto.resume(step if tap is self else None, rest)
+            if tap.eof and tap.mode == EMULATING and not tap.proto.closing:
+                tap.proto.readConnectionLost()  # the client half-closed meanwhile
+
+    def _back_to_emulator(self) -> bytes:
+        """Connecting no more (a connect still under way is dropped when it ends);
+        returns what the client sent for the host, for the emulator to read."""
+        self._cancel_timers()
+        self.mode = EMULATING
+        self.pulled = False
+        self.proxy.uncount(self)
+        rest, self.pending = b"".join(self.pending), []
+        return rest
 
     def from_client(self, data: bytes) -> None:
         self.source.last = self.proxy.clock.seconds()
@@ -554,6 +569,7 @@ class Proxy:
                 other.mode = CLOSED
                 other.proto._close("proxy_unreplayable")
                 continue
+            other.pulled = doubt is not None and not isinstance(other, UdpTap)  # TCP resumes
             other.start(source.host)
         return True
 
