@@ -190,3 +190,34 @@ def test_the_report_of_new_transitions_is_linear_in_the_model_size(tmp_path: Pat
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20, peak  # the model's own size is about 1.3 MB
+
+
+def test_a_history_recording_that_cannot_be_read_any_more_does_not_block_learning(
+    tmp_path: Path,
+) -> None:
+    """Every batch learns the history again: one recording of it that became
+    unreadable (a damaged disk, a trainer that now refuses it) would make every
+    later batch fail, and every new recording end in failed/. The models as they
+    are become the base instead; a bad *new* recording still fails alone."""
+    import pytest
+
+    from scriptgen.model import load_model_dir
+
+    spool = Spool(tmp_path / "spool")
+    a = recording(spool, 40000, commands(b"GET", b"$-1\r\n"))
+    b = recording(spool, 41000, commands(b"DEL", b":0\r\n"))
+    c = recording(spool, 42000, commands(b"TTL", b":-2\r\n"))
+    models, base = tmp_path / "models", spool.root / "relearn"
+    relearn_files(str(models), [str(a)], str(base), 1 << 20)
+    bad = spool.root / "bad.pcap"
+    bad.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 100)
+    with pytest.raises(Exception):  # noqa: B017 -- the new recording is the bad one
+        relearn_files(str(models), [str(bad)], str(base), 1 << 20)
+    assert json.loads((base / HISTORY).read_text())["recordings"] == [a.name]  # kept
+    relearn_files(str(models), [str(b)], str(base), 1 << 20)
+    a.write_bytes(bad.read_bytes())  # now a recording of the history is damaged
+    relearn_files(str(models), [str(c)], str(base), 1 << 20)
+    machine = load_model_dir(models)[("tcp", 6379)]
+    patterns = " ".join(t.pattern.describe() for t in machine.states[machine.root].transitions)
+    assert "GET" in patterns and "DEL" in patterns and "TTL" in patterns
+    assert json.loads((base / HISTORY).read_text())["recordings"] == [c.name]

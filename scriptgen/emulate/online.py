@@ -114,7 +114,50 @@ def relearn_files(
     budget: int,
     region: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Worker entry: learn the base model *and every recording learned online so far*
+    """Worker entry: ``_relearn``; when it fails and the batch alone can be learned,
+    a recording of the history is what fails (it became unreadable: a damaged
+    disk, a trainer that now refuses it) and would fail every later batch, so
+    every new recording would end in failed/: the models as they are become
+    the base instead. A batch that fails alone fails (the history is kept)."""
+    try:
+        return _relearn(model_dir, paths, base_dir, budget, region, fresh=False)
+    except Exception:
+        if not _read_history(Path(base_dir))["recordings"] or not _learnable(
+            model_dir, paths, base_dir, region
+        ):
+            raise
+    return _relearn(model_dir, paths, base_dir, budget, region, fresh=True)
+
+
+def _learnable(
+    model_dir: str, paths: list[str], base_dir: str, region: dict[str, Any] | None
+) -> bool:
+    """Whether the batch alone can be learned on the current models (a scratch copy)."""
+    import shutil
+    import tempfile
+
+    from scriptgen.learn.trainer import train
+    from scriptgen.model.store import model_files
+
+    with tempfile.TemporaryDirectory(prefix=".relearn-", dir=base_dir) as tmp:
+        for f in model_files(model_dir):
+            shutil.copyfile(f, Path(tmp) / f.name)
+        try:
+            train(paths, tmp, _options(region))
+        except Exception:  # noqa: BLE001 -- the answer is the question asked
+            return False
+    return True
+
+
+def _relearn(
+    model_dir: str,
+    paths: list[str],
+    base_dir: str,
+    budget: int,
+    region: dict[str, Any] | None,
+    fresh: bool,
+) -> dict[str, Any]:
+    """Learn the base model *and every recording learned online so far*
     at once, then install the result in ``model_dir``; what is new.
 
     Why: learning recordings one batch at a time sees only that batch's
@@ -128,7 +171,7 @@ def relearn_files(
     in its history file. A model file in ``model_dir`` that differs from what
     this function last wrote there (changed by someone else, or a first run),
     or a recording of the history that is gone, starts a new base from the
-    current files. Recordings beyond ``budget``
+    current files (``fresh``: in any case). Recordings beyond ``budget``
     bytes in all are folded into the base, oldest first (learned
     incrementally into it), so the cost of one batch stays bounded; the history
     says so at once (a batch that fails after a fold must not fold it again).
@@ -149,7 +192,7 @@ def relearn_files(
     missing = any(_find(spool, n) is None for n in history["recordings"])
     # A first run, someone else changed the models, or a recording of the history
     # is gone (an analyst cleaned learned/): what the models know is kept, as base.
-    if current != history["written"] or missing:
+    if fresh or current != history["written"] or missing:
         for f in model_files(base):
             f.unlink()
         for f in model_files(directory) if directory.is_dir() else []:
