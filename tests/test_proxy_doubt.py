@@ -208,3 +208,22 @@ def test_a_client_that_half_closed_while_connecting_is_answered_then_closed(tmp_
     clock.advance(5)  # the host never accepts
     assert transport.value() == b"331 password?\r\n"
     assert proto.closing and proto.close_reason == "client_closed"
+
+
+def test_a_host_that_refuses_leaves_no_empty_recording_behind(tmp_path: Path) -> None:
+    """Each allocation opens a recording; one whose host never connected holds no
+    flow. Kept pending, a dead pool host made one file per doubted (or
+    unmatched) request, each learned again at every start."""
+    from twisted.internet import error
+    from twisted.python.failure import Failure
+
+    proxy, _connects, events, learned, _ = make(tmp_path, doubt_samples=8)
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    for port in range(4000, 4005):
+        tap = proxy.attach(ResumingProto(machine, "127.0.7.5", port))
+        assert tap.doubt(_step(machine, b"USER ann\r\n"))
+        tap.connect_failed(Failure(error.ConnectionRefusedError()))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file() and "pcap" in p.name) == []
+    released = [f for e, f in events if e == "scriptgen.proxy.released"]
+    assert len(released) == 5 and all(f["recording"] is None for f in released)
+    assert learned == []

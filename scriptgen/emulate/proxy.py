@@ -693,8 +693,10 @@ class Proxy:
         path = None
         if isinstance(result, Failure):
             self.emit("scriptgen.proxy.learn_failed", where, error=result.getErrorMessage())
-        else:
+        elif rec.flows:
             path = result
+        else:  # the host never connected: nothing to learn, no file per attempt
+            self.spool.discard(result)
         self.emit(
             "scriptgen.proxy.released",
             where,

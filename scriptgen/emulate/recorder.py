@@ -482,6 +482,9 @@ class SpoolWriter:
         elif kind == "move":
             os.replace(op[1], op[2])
             self._log(op[3], op[4])
+        elif kind == "remove":
+            os.unlink(op[1])
+            self._log(op[2], op[3])
         elif kind == "marker":
             op[1].set()
 
@@ -632,6 +635,11 @@ class Spool:
         what = "learned" if learned else "failed"
         self.disk.submit(("move", path, target, self.root, {"what": what, "file": path.name}))
         return target
+
+    def discard(self, path: Path) -> None:
+        """Delete a pending recording that holds nothing (no flow): a host that never
+        connected would otherwise leave one file per attempt. Queued like every write."""
+        self.disk.submit(("remove", path, self.root, {"what": "discarded", "file": path.name}))
 
     def log(self, what: str, name: str, **extra: str) -> None:
         self.disk.submit(("log", self.root, {"what": what, "file": name, **extra}))
