@@ -173,8 +173,9 @@ def _relearn(
     or a recording of the history that is gone, starts a new base from the
     current files (``fresh``: in any case). Recordings beyond ``budget``
     bytes in all are folded into the base, oldest first (learned
-    incrementally into it), so the cost of one batch stays bounded; the history
-    says so at once (a batch that fails after a fold must not fold it again).
+    incrementally into it), so the cost of one batch stays bounded; the
+    history says so before the batch is learned (a batch that fails must not
+    fold them again).
     A recording in the history and in the batch (pending again after a crash
     before the spool moved it) is learned once.
     """
@@ -205,10 +206,15 @@ def _relearn(
     older = [str(_find(spool, n)) for n in names if n not in batch]
     names = [n for n in names if n not in batch]
     options = _options(region)
-    while older and sum(_size(f) for f in older + paths) > budget:
-        train([older[0]], base, options)  # folded into the base for good
-        older, names = older[1:], names[1:]
-        # said at once: a batch that fails below must not fold it again next time
+    sizes = [_size(f) for f in older]
+    total = sum(sizes) + sum(_size(f) for f in paths)
+    folded = 0
+    while folded < len(older) and total > budget:
+        train([older[folded]], base, options)  # folded into the base for good
+        total -= sizes[folded]
+        folded += 1
+    if folded:  # said now: a batch that fails below must not fold them again next time
+        older, names = older[folded:], names[folded:]
         _write_history(base, {"recordings": names, "written": history["written"]})
     before = _transitions(directory) if directory.is_dir() else {}
     with tempfile.TemporaryDirectory(prefix=".relearn-", dir=base) as tmp:
@@ -268,13 +274,17 @@ def _write_history(base: Path, history: dict[str, Any]) -> None:
     os.replace(tmp, base / HISTORY)
 
 
-def region_overrides(min_cluster_size: int, micro_min_count: int) -> dict[str, int]:
+def region_overrides(
+    min_cluster_size: int, micro_min_count: int, distance_threshold: float = 0.0
+) -> dict[str, int | float]:
     """The ``[proxy]`` learning keys as region options (0: the trainer's default)."""
-    out = {}
+    out: dict[str, int | float] = {}
     if min_cluster_size:
         out["min_cluster_size"] = min_cluster_size
     if micro_min_count:
         out["micro_min_count"] = micro_min_count
+    if distance_threshold:
+        out["distance_threshold"] = distance_threshold
     return out
 
 
