@@ -58,3 +58,23 @@ def test_a_bad_file_fails_alone_and_every_port_of_the_others_is_reported(tmp_pat
     assert learned["new_transitions"] == 2
     assert len([e for e, _ in events if e == "scriptgen.proxy.signature"]) == 2
     assert reloads == [1]
+
+
+def test_region_keys_of_the_proxy_section_reach_the_learner_options(tmp_path: Path) -> None:
+    """[proxy] distance_threshold (like min_cluster_size, micro_min_count) sets region
+    analysis of online learning; 0 keeps the trainer's default; out of range is refused."""
+    import pytest
+
+    from scriptgen.emulate.config import ConfigError, load_config
+    from scriptgen.emulate.online import _options, region_overrides
+    from scriptgen.learn.regions import RegionOptions
+
+    assert region_overrides(0, 0, 0.0) == {} and _options(region_overrides(0, 0)) is None
+    opts = _options(region_overrides(0, 2, 0.4))
+    assert opts.region == RegionOptions(micro_min_count=2, distance_threshold=0.4)
+    ini = tmp_path / "s.ini"
+    ini.write_text(f"[scriptgen]\nmodel_dir = {tmp_path}\n[proxy]\ndistance_threshold = 0.4\n")
+    assert load_config(ini).proxy.distance_threshold == 0.4
+    ini.write_text(f"[scriptgen]\nmodel_dir = {tmp_path}\n[proxy]\ndistance_threshold = 1.5\n")
+    with pytest.raises(ConfigError, match="distance_threshold"):
+        load_config(ini)

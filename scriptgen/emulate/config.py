@@ -67,6 +67,7 @@ class ProxyConfig:
     relearn_bytes: int = 4 * 1024 * 1024  # recordings relearned with each batch (0: off)
     min_cluster_size: int = 0  # region analysis of online learning (0: trainer default)
     micro_min_count: int = 0  # likewise (0: trainer default)
+    distance_threshold: float = 0.0  # likewise (0: trainer default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "relearn_bytes": _int(0),
         "min_cluster_size": _int(0),
         "micro_min_count": _int(0),
+        "distance_threshold": _fraction,
     },
     "limits": {
         "max_connections": _int(1),

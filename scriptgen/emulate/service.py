@@ -98,7 +98,9 @@ class EmulatorService(MultiService):
 
         self.learner = OnlineLearner(
             self.config.model_dir, spool, events.emit, in_thread, self.holder.reload,
-            region=region_overrides(cfg.min_cluster_size, cfg.micro_min_count),
+            region=region_overrides(
+                cfg.min_cluster_size, cfg.micro_min_count, cfg.distance_threshold
+            ),
             relearn_bytes=cfg.relearn_bytes,
         )  # fmt: skip
 
