@@ -57,3 +57,28 @@ def test_dns_over_udp_proxied_then_emulated(tmp_path) -> None:  # type: ignore[n
     finally:
         stop_emulator(emu)
     assert tracebacks(emu) == []
+
+
+def test_a_general_transition_from_one_query_goes_to_the_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """db three times, then ftp once: region analysis splits the recurring name off
+    and keeps a general transition for the rest learned from ftp's query alone;
+    its state's one answer carries ftp's query id, which dig rejects for any other
+    query. Such a transition is doubted ([proxy] doubt_samples): www goes to
+    dnsmasq and succeeds, and its answer is the second sample."""
+    emu = start_emulator(tmp_path, "udp/53=0", expiry=1.0)
+    try:
+        with DnsServer(POOL):
+            assert [p for n in ("db", "db", "db", "ftp") for p in ask(emu, n)] == []
+            emu.wait_count("scriptgen.proxy.learned", 1, timeout=120)
+            time.sleep(0.5)  # the reload after learning runs in a thread
+            mark = len(emu.read_events())
+            assert ask(emu, "www") == []
+            time.sleep(0.5)
+        allocated = [
+            e for e in emu.read_events()[mark:] if e["eventid"] == "scriptgen.proxy.allocated"
+        ]
+        assert [e["doubt"]["samples"] for e in allocated] == [1], allocated
+        assert allocated[0]["doubt"]["general"] is True
+    finally:
+        stop_emulator(emu)
+    assert tracebacks(emu) == []

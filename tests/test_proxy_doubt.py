@@ -227,3 +227,20 @@ def test_a_host_that_refuses_leaves_no_empty_recording_behind(tmp_path: Path) ->
     released = [f for e, f in events if e == "scriptgen.proxy.released"]
     assert len(released) == 5 and all(f["recording"] is None for f in released)
     assert learned == []
+
+
+def test_a_general_transition_learned_from_one_request_is_doubted_whatever_its_answers() -> None:
+    """The rest of a cluster once a recurring value was split off: a pattern with a
+    mutating region and one sample, its state one answer (an id it cannot copy)."""
+    from scriptgen.model import Pattern, Region
+
+    general = Pattern((Region.mutating(2, 2), Region(b"\x01\x00 query")))
+    one = _state({b"\x12\x34 answer": 1})
+    assert doubtful(Transition(general, 1, samples=1), one, 8) == {"samples": 1, "general": True}
+    assert doubtful(Transition(general, 1, samples=1), one, 8, shapes=False) is not None
+    assert doubtful(Transition(general, 1, samples=2), one, 8) is None  # two samples
+    assert doubtful(Transition(general, 1, samples=0), one, 8) is None  # not counted: hand-made
+    assert doubtful(Transition(Pattern.literal(b"PWD\r\n"), 1, samples=1), one, 8) is None  # exact
+    assert doubtful(Transition(general, 1, samples=1), one, 0) is None  # doubt off
+    mixed = _state({b":1\r\n": 1, b"$-1\r\n": 1, b"*0\r\n": 1})
+    assert doubtful(Transition(general, 1, samples=3), mixed, 8, shapes=False) is None

@@ -83,20 +83,39 @@ def shape(answer: bytes) -> bytes:
     return _RUNS.sub(rb"\1", answer[:_SHAPE_BYTES].translate(_CLASSES))
 
 
-def doubtful(transition: Any, state: Any, min_samples: int) -> dict[str, Any] | None:
+def doubtful(
+    transition: Any, state: Any, min_samples: int, shapes: bool = True
+) -> dict[str, Any] | None:
     """Why a matched transition is not to be trusted yet, or None.
 
     A transition learned from fewer than ``min_samples`` requests whose target
     state saw answers of more than one shape probably lumps different requests
     together (region analysis with few samples); the real host knows better,
     and its answer is a sample that can tell them apart.
+
+    A *general* transition (a region not fixed) learned from one request is
+    doubted whatever its answers: it generalises from a single sample (the
+    rest of a cluster once a recurring value was split off), and its state's
+    one answer copies nothing from the request (a content dependency needs two
+    samples at least) -- an id the client checks is then wrong for every other
+    request it matches, and a matching request is never proxied otherwise.
+    ``shapes`` False checks only this (datagrams: see ``UdpProxy.doubt``).
     """
-    if min_samples <= 0 or transition.samples >= min_samples or len(state.answers) < 2:
+    if min_samples <= 0 or transition.samples >= min_samples:
         return None
-    shapes = {shape(a) for a in state.answers}
-    if len(shapes) < 2:
+    if transition.samples == 1 and _general(transition.pattern):
+        return {"samples": 1, "general": True}
+    if not shapes or len(state.answers) < 2:
         return None
-    return {"samples": transition.samples, "shapes": len(shapes)}
+    forms = {shape(a) for a in state.answers}
+    if len(forms) < 2:
+        return None
+    return {"samples": transition.samples, "shapes": len(forms)}
+
+
+def _general(pattern: Any) -> bool:
+    """Whether a pattern matches more than one request (a region not fixed)."""
+    return any(r.fixed is None for r in pattern.regions)
 
 
 def similar(expected: bytes, got: bytes, threshold: float) -> float | None:
@@ -215,20 +234,26 @@ class Tap:
     def doubt(self, step: Any) -> bool:
         """A matched request whose transition is too uncertain to answer from:
         True when the pool host takes it (as if it were unmatched)."""
-        if self.mode != EMULATING or self.overflow:
-            return False
-        state = self.proto.machine.machine.states.get(step.target.id)
-        why = None if state is None else doubtful(
-            step.rule.transition, state, self.proxy.config.doubt_samples
-        )  # fmt: skip
+        why = self.why_doubt(step)
         if why is None:
             return False
-        why.update(state=step.state.id, target=step.target.id)
         self.doubted = step
         if self.proxy.take_over(self, step.request, doubt=why):
             return True
         self.doubted = None
         return False
+
+    def why_doubt(self, step: Any, shapes: bool = True) -> dict[str, Any] | None:
+        """``doubtful`` for a matched step of this connection (None: trusted)."""
+        if self.mode != EMULATING or self.overflow:
+            return None
+        state = self.proto.machine.machine.states.get(step.target.id)
+        why = None if state is None else doubtful(
+            step.rule.transition, state, self.proxy.config.doubt_samples, shapes
+        )  # fmt: skip
+        if why is not None:
+            why.update(state=step.state.id, target=step.target.id)
+        return why
 
     def _fall_back(self, reason: str, **details: Any) -> None:
         """The host did not take a doubted request (refused, no answer to the connect):
@@ -865,6 +890,22 @@ class UdpProxy:
             udp.relays[addr] = client.tap
             return True
         return False
+
+    def doubt(self, udp: Any, addr: tuple[str, int], where: Any, machine: Any,
+              step: Any) -> bool:  # fmt: skip
+        """A matched datagram whose general transition was learned from one request
+        (``doubtful``): True when the pool host takes it, as an unmatched one.
+        Answer shapes are not checked: a connected UDP socket has no refused
+        connect to fall back on (a host that never answers leaves the client
+        unanswered), and random bytes of binary answers (ids, cookies) that
+        happen to be printable make shapes differ by chance."""
+        client = self._client(udp, addr, where, machine)
+        assert client.tap is not None
+        why = client.tap.why_doubt(step, shapes=False)
+        if why is None or not self.proxy.take_over(client.tap, step.request, doubt=why):
+            return False
+        udp.relays[addr] = client.tap
+        return True
 
     def direct(self, udp: Any, addr: tuple[str, int], where: Any, machine: Any,
                data: bytes) -> bool:  # fmt: skip

@@ -85,6 +85,10 @@ class EmulatorDatagramProtocol(DatagramProtocol):
             return
         step = session.dialog.datagram(data)
         if isinstance(step, Matched):
+            if self.proxy is not None and self.proxy.udp.doubt(
+                self, addr, session.where, machine, step
+            ):
+                return  # its transition is in doubt: the source's pool host answers
             target = step.target
             answer = target.answer
             if session.answers is not None:
