@@ -57,6 +57,9 @@ EMULATING, CONNECTING, REPLAYING, RELAYING, CLOSED = (
 )
 
 
+# Samples content inference needs to prove a link in one state on its own
+# (scriptgen.learn.content.ContentOptions.min_samples).
+PROOF = 3
 _SHAPE_BYTES = 256  # bytes of each answer that decide its shape
 # Byte classes of an answer's shape: letters and digits (words, numbers, names),
 # other non-printable bytes; tab, CR, LF, space and punctuation stay themselves.
@@ -93,18 +96,19 @@ def doubtful(
     together (region analysis with few samples); the real host knows better,
     and its answer is a sample that can tell them apart.
 
-    A *general* transition (a region not fixed) learned from one request is
-    doubted whatever its answers: it generalises from a single sample (the
-    rest of a cluster once a recurring value was split off), and its state's
-    one answer copies nothing from the request (a content dependency needs two
-    samples at least) -- an id the client checks is then wrong for every other
+    A *general* transition (a region not fixed) learned from fewer than
+    ``PROOF`` requests whose state copies nothing from the request (no content
+    dependency) is doubted whatever its answers: too few samples to prove a
+    link (the rest of a cluster once a recurring value was split off, one or
+    two requests) -- an id the client checks is then wrong for every other
     request it matches, and a matching request is never proxied otherwise.
     ``shapes`` False checks only this (datagrams: see ``UdpProxy.doubt``).
     """
     if min_samples <= 0 or transition.samples >= min_samples:
         return None
-    if transition.samples == 1 and _general(transition.pattern):
-        return {"samples": 1, "general": True}
+    if 0 < transition.samples < PROOF and _general(transition.pattern):
+        if not state.dependencies:
+            return {"samples": transition.samples, "general": True}
     if not shapes or len(state.answers) < 2:
         return None
     forms = {shape(a) for a in state.answers}
