@@ -1,7 +1,8 @@
 """Doubted transitions: a matched request whose transition was learned from few
 requests and whose state saw answers of several shapes goes to a pool host, as
 an unmatched one would; so does one of a general transition learned from too few
-requests to copy anything (fakes, no sockets; the benchmarks measure the effect)."""
+requests to copy anything, for datagrams (fakes, no sockets; the benchmarks measure
+the effect)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _machine(samples: int, answers: dict[bytes, int]) -> CompiledMachine:
 
 def test_a_doubted_request_is_handed_to_the_host_with_what_followed(tmp_path: Path) -> None:
     proxy, connects, events, _, _ = make(tmp_path, doubt_samples=8)
-    machine = _machine(4, {b"331 password?\r\n": 1, b"530 no\r\n": 1, b"": 1})
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1, b"": 1})
     proto = FakeProto(machine, "127.0.0.5", 4000)
     proto.hand_over = lambda: b"PING\r\n"  # type: ignore[method-assign]  # pipelined after it
     tap = proxy.attach(proto)
@@ -68,7 +69,7 @@ def test_a_doubted_request_is_handed_to_the_host_with_what_followed(tmp_path: Pa
     assert tap.proxied and connects == [("127.0.0.9", 21)]
     assert tap.pending == [b"USER ann\r\n", b"PING\r\n"]  # in the client's order
     [(eid, allocated)] = [(e, f) for e, f in events if e == "scriptgen.proxy.allocated"]
-    assert allocated["doubt"] == {"samples": 4, "shapes": 3, "state": 0, "target": 2}
+    assert allocated["doubt"] == {"samples": 2, "shapes": 3, "state": 0, "target": 2}
     assert allocated["request"] == b"USER ann\r\n"
 
 
@@ -76,7 +77,7 @@ def test_a_trusted_request_stays_with_the_emulator(tmp_path: Path) -> None:
     proxy, connects, events, _, _ = make(tmp_path, doubt_samples=8)
     for machine in (
         _machine(9, {b"331 password?\r\n": 1, b"530 no\r\n": 1}),  # enough samples
-        _machine(4, {b"331 password?\r\n": 5}),  # one shape
+        _machine(2, {b"331 password?\r\n": 5}),  # one shape
     ):
         tap = proxy.attach(FakeProto(machine, "127.0.0.5", 4000))
         assert not tap.doubt(_step(machine, b"USER ann\r\n"))
@@ -86,7 +87,7 @@ def test_a_trusted_request_stays_with_the_emulator(tmp_path: Path) -> None:
 
 def test_no_host_free_means_the_emulator_answers(tmp_path: Path) -> None:
     proxy, _connects, events, _, _ = make(tmp_path, doubt_samples=8)
-    machine = _machine(4, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
     assert proxy.take_over(proxy.attach(FakeProto(machine, "127.0.0.6", 4000)), b"X\r\n")
     tap = proxy.attach(FakeProto(machine, "127.0.0.5", 4000))
     assert not tap.doubt(_step(machine, b"USER ann\r\n"))  # pool exhausted: answer it
@@ -111,7 +112,7 @@ def test_a_host_that_refuses_leaves_the_doubted_request_to_the_emulator(tmp_path
     from twisted.python.failure import Failure
 
     proxy, _connects, events, _, _ = make(tmp_path, doubt_samples=8)
-    machine = _machine(4, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
     proto = ResumingProto(machine, "127.0.0.5", 4000)
     tap = proxy.attach(proto)
     step = _step(machine, b"USER ann\r\n")
@@ -126,7 +127,7 @@ def test_a_host_that_refuses_leaves_the_doubted_request_to_the_emulator(tmp_path
 
 def test_a_host_that_never_accepts_leaves_it_to_the_emulator_too(tmp_path: Path) -> None:
     proxy, _connects, events, _, clock = make(tmp_path, doubt_samples=8, replay_timeout=5)
-    machine = _machine(4, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
     proto = ResumingProto(machine, "127.0.0.5", 4000)
     tap = proxy.attach(proto)
     step = _step(machine, b"USER ann\r\n")
@@ -142,7 +143,7 @@ def _doubting_harness(tmp_path: Path):  # type: ignore[no-untyped-def]
 
     m = line_machine(7000)
     for t in m.states[0].transitions:
-        t.samples = 4
+        t.samples = 2
     m.states[2].answers = {b"331 password?\r\n": 1, b"530 no\r\n": 1}
     h = Harness(m)
     proxy, connects, events, _, clock = make(tmp_path, doubt_samples=8, replay_timeout=5)
@@ -180,7 +181,7 @@ def test_connections_pulled_over_by_a_doubt_go_back_to_the_emulator_with_it(tmp_
     from twisted.python.failure import Failure
 
     proxy, connects, events, _, _ = make(tmp_path, doubt_samples=8)
-    machine = _machine(4, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
     quiet = ResumingProto(machine, "127.0.7.5", 4001)  # another connection, emulated so far
     quiet.hand_over = lambda: b""  # type: ignore[method-assign]  # nothing unread
     quiet_tap = proxy.attach(quiet)
@@ -219,7 +220,7 @@ def test_a_host_that_refuses_leaves_no_empty_recording_behind(tmp_path: Path) ->
     from twisted.python.failure import Failure
 
     proxy, _connects, events, learned, _ = make(tmp_path, doubt_samples=8)
-    machine = _machine(4, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
+    machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
     for port in range(4000, 4005):
         tap = proxy.attach(ResumingProto(machine, "127.0.7.5", port))
         assert tap.doubt(_step(machine, b"USER ann\r\n"))
@@ -230,23 +231,28 @@ def test_a_host_that_refuses_leaves_no_empty_recording_behind(tmp_path: Path) ->
     assert learned == []
 
 
-def test_a_general_transition_from_too_few_requests_to_copy_anything_is_doubted() -> None:
+def test_a_datagram_of_a_general_transition_from_too_few_requests_is_doubted() -> None:
     """The rest of a cluster once a recurring value was split off: a pattern with a
     mutating region and one or two samples, its state no content dependency (an
-    id it cannot copy), whatever its answers."""
+    id it cannot copy), whatever its answers -- for datagrams; on TCP only the
+    answer shapes count."""
     from scriptgen.model import Pattern, Region
 
     general = Pattern((Region.mutating(2, 2), Region(b"\x01\x00 query")))
     one = _state({b"\x12\x34 answer": 1})
-    assert doubtful(Transition(general, 1, samples=1), one, 8) == {"samples": 1, "general": True}
-    assert doubtful(Transition(general, 1, samples=1), one, 8, shapes=False) is not None
-    assert doubtful(Transition(general, 1, samples=2), one, 8) == {"samples": 2, "general": True}
-    assert doubtful(Transition(general, 1, samples=3), one, 8) is None  # enough to prove a link
+
+    def udp(samples: int, state, pattern=general, doubt_samples=8):  # type: ignore[no-untyped-def]
+        return doubtful(Transition(pattern, 1, samples=samples), state, doubt_samples, True)
+
+    assert udp(1, one) == {"samples": 1, "general": True}
+    assert udp(2, one) == {"samples": 2, "general": True}
+    assert udp(3, one) is None  # enough to prove a link
     copies = _state({b"\x12\x34 answer": 1})
     copies.dependencies = [{"kind": "copy", "at": 0, "len": 2, "request": 0, "offset": 0}]
-    assert doubtful(Transition(general, 1, samples=2), copies, 8) is None  # a link was proven
-    assert doubtful(Transition(general, 1, samples=0), one, 8) is None  # not counted: hand-made
-    assert doubtful(Transition(Pattern.literal(b"PWD\r\n"), 1, samples=1), one, 8) is None  # exact
-    assert doubtful(Transition(general, 1, samples=1), one, 0) is None  # doubt off
+    assert udp(2, copies) is None  # a link was proven
+    assert udp(0, one) is None  # not counted: a hand-made model
+    assert udp(1, one, Pattern.literal(b"PWD\r\n")) is None  # exact: generalises nothing
+    assert udp(1, one, doubt_samples=0) is None  # doubt off
     mixed = _state({b":1\r\n": 1, b"$-1\r\n": 1, b"*0\r\n": 1})
-    assert doubtful(Transition(general, 1, samples=3), mixed, 8, shapes=False) is None
+    assert udp(3, mixed) is None  # shapes are not checked for datagrams
+    assert doubtful(Transition(general, 1, samples=1), one, 8) is None  # TCP: one shape
