@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from scriptgen.learn.answersplit import split_by_answer
@@ -198,3 +200,21 @@ def test_a_split_state_copies_the_splits_its_generic_state_gained() -> None:
         assert [t.pattern for t in m.states[sid].transitions] == [
             t.pattern for t in one.transitions
         ]
+
+
+def test_many_values_of_a_narrow_field_split_in_bounded_time() -> None:
+    """Hostile: thousands of requests, a 2-byte field with thousands of values seen
+    twice each, every answer alike. Comparing every value's group with every other's
+    (answer signatures, length ranges) took ~50 s for 6000 requests; nothing differs,
+    so nothing splits, and that must be found in about linear time."""
+    wide = Pattern(
+        (Region(b"T"), Region.mutating(2, 2), Region(b" "), Region.mutating(0, 32), Region(b"\r\n"))
+    )
+    m = typed_machine()
+    m.states[0].transitions[0] = Transition(wide, 1)
+    dialogs = [
+        typed((i // 2).to_bytes(2, "big"), b"abc", b"+" + b"x" * 40 + b"\r\n") for i in range(6000)
+    ]
+    started = time.perf_counter()
+    assert split_by_answer(m, dialogs) == {}
+    assert time.perf_counter() - started < 10.0

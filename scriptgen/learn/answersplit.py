@@ -44,6 +44,8 @@ pattern is the parent's, so request references stay valid). Nothing here knows a
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -184,12 +186,25 @@ def _best_region(
 
 
 def _differing(groups: dict[bytes, list[_Row]]) -> dict[bytes, list[_Row]]:
-    """The groups whose answer signature differs from another group's."""
+    """The groups whose answer signature differs from another group's.
+
+    Signatures of two lengths differ; of one length, a group differs when another
+    holds a different constant byte at one of its constant offsets. A group whose
+    answers vary in length says nothing reliable. Not compared pairwise: thousands
+    of values made that quadratic.
+    """
     if len(groups) < 2:
         return {}
     sigs = {v: _signature([r.answer for r in rs]) for v, rs in groups.items()}
+    known = {v: sig for v, sig in sigs.items() if sig is not None}
+    if len({sig[0] for sig in known.values()}) > 1:
+        return {v: groups[v] for v in known}
+    seen: dict[int, set[int]] = defaultdict(set)
+    for _, consts in known.values():
+        for i, byte in consts.items():
+            seen[i].add(byte)
     return {
-        v: groups[v] for v in groups if any(_differ(sigs[v], sigs[w]) for w in groups if w != v)
+        v: groups[v] for v, (_, consts) in known.items() if any(len(seen[i]) > 1 for i in consts)
     }
 
 
@@ -217,22 +232,47 @@ def _shape_differing(by_value: dict[bytes, list[_Row]]) -> dict[bytes, list[_Row
         v: (_span([len(r.request) for r in rs]), _span([len(r.answer) for r in rs]))
         for v, rs in by_value.items()
     }
-    return {
-        v: by_value[v]
-        for v, (req, ans) in spans.items()
-        if any(
-            _apart(req, oreq) and _apart(ans, oans) for w, (oreq, oans) in spans.items() if w != v
-        )
-    }
+    apart = _ApartIndex(list(spans.values()))
+    return {v: by_value[v] for v, (req, ans) in spans.items() if apart.any_apart(req, ans)}
+
+
+class _ApartIndex:
+    """Whether some (request range, answer range) pair is apart from a given one in
+    both: prefix and suffix extremes over the pairs sorted by request range, so that
+    thousands of values cost O(n log n), not a comparison of every pair.
+
+    A range is never apart from itself, so a value never counts against itself.
+    """
+
+    def __init__(self, spans: list[tuple[tuple[int, int], tuple[int, int]]]) -> None:
+        below = sorted(spans, key=lambda s: s[0][1])  # by request max: those left of a range
+        above = sorted(spans, key=lambda s: s[0][0])  # by request min: those right of it
+        self._below_hi = [s[0][1] for s in below]
+        self._above_lo = [s[0][0] for s in above]
+        self._below = list(itertools.accumulate(((s[1][1], s[1][0]) for s in below), _extreme))
+        rev = itertools.accumulate(((s[1][1], s[1][0]) for s in reversed(above)), _extreme)
+        self._above = list(rev)[::-1]
+
+    def any_apart(self, req: tuple[int, int], ans: tuple[int, int]) -> bool:
+        n = bisect.bisect_left(self._below_hi, req[0])  # request max < req min
+        if n and _outside(self._below[n - 1], ans):
+            return True
+        m = bisect.bisect_right(self._above_lo, req[1])  # request min > req max
+        return m < len(self._above) and _outside(self._above[m], ans)
+
+
+def _extreme(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """(smallest answer max, largest answer min) of two."""
+    return min(a[0], b[0]), max(a[1], b[1])
+
+
+def _outside(extremes: tuple[int, int], ans: tuple[int, int]) -> bool:
+    """Some answer range ends before ``ans`` starts or starts after it ends."""
+    return extremes[0] < ans[0] or extremes[1] > ans[1]
 
 
 def _span(lengths: Sequence[int]) -> tuple[int, int]:
     return min(lengths), max(lengths)
-
-
-def _apart(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    """True when two length ranges share no length."""
-    return a[1] < b[0] or b[1] < a[0]
 
 
 def _signature(answers: Sequence[bytes]) -> tuple[int, dict[int, int]] | None:
@@ -242,14 +282,6 @@ def _signature(answers: Sequence[bytes]) -> tuple[int, dict[int, int]] | None:
         return None
     first = answers[0]
     return length, {i: first[i] for i in range(length) if all(a[i] == first[i] for a in answers)}
-
-
-def _differ(a: tuple[int, dict[int, int]] | None, b: tuple[int, dict[int, int]] | None) -> bool:
-    if a is None or b is None:
-        return False  # a group whose answers vary in length says nothing reliable
-    if a[0] != b[0]:
-        return True
-    return any(b[1].get(i, byte) != byte for i, byte in a[1].items())
 
 
 def _add(
