@@ -218,3 +218,28 @@ def test_many_values_of_a_narrow_field_split_in_bounded_time() -> None:
     started = time.perf_counter()
     assert split_by_answer(m, dialogs) == {}
     assert time.perf_counter() - started < 10.0
+
+
+def test_splits_of_successive_transitions_do_not_multiply() -> None:
+    """Hostile: two successive turns whose 2-byte field takes hundreds of values, each
+    predicting the request and answer lengths. Every split state copies its generic
+    state's transitions, splits included: without a bound per transition, 800 requests
+    made ~160,000 transitions (quadratic in the values, and so in the model's size)."""
+    wide = Pattern(
+        (Region(b"T"), Region.mutating(2, 2), Region(b" "), Region.mutating(0, 40), Region(b"\r\n"))
+    )
+    m = Machine("tcp", 7000)
+    one, two = m.new_state(), m.new_state()
+    m.states[0].transitions.append(Transition(wide, one.id))
+    one.transitions.append(Transition(wide, two.id))
+    dialogs = []
+    for i in range(800):
+        value = i // 2
+        turn = Turn(
+            b"T" + value.to_bytes(2, "big") + b" " + b"a" * (value % 41) + b"\r\n",
+            b"+" + b"x" * (value % 41) + b"\r\n",
+        )
+        dialogs.append(Dialog("tcp", 7000, b"", Suffix((turn, turn))))
+    parents = split_by_answer(m, dialogs)
+    assert parents  # the field does split
+    assert sum(len(s.transitions) for s in m.states.values()) < 2000

@@ -22,7 +22,8 @@ mutating region whose recurring values predict the answer:
   could not split, 3-5 requests, ``micro_min_count`` 3), while a value that
   predicts only the answer may be chance;
 * the region whose differing groups cover most requests wins; each of its
-  differing groups becomes a sub-transition with the value fixed (more fixed
+  differing groups (at most ``MAX_SPLITS``, most requests first) becomes a
+  sub-transition with the value fixed (more fixed
   bytes: it beats the generic one) leading to a new state that has that
   group's answers as evidence and the generic state's transitions, copied
   after every split is made, so including the generic state's own new
@@ -60,6 +61,10 @@ MIN_GROUP = 2
 MAX_VALUE_LEN = 256  # longer region values are payloads, not keys
 NARROW_LEN = 2  # a type-like field (_narrow) is at most this wide
 MAX_ANSWERS = 16  # distinct answers kept as evidence per new state (as the learner)
+# Values split off one transition, those with most requests first: every split state
+# copies its generic state's transitions, splits included, so successive transitions
+# with n values each would otherwise make n x n transitions (hostile input).
+MAX_SPLITS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,8 @@ def split_by_answer(
             continue
         k, groups = choice
         others = [r.request for (s, i), rs in rows.items() if s == sid and i != index for r in rs]
-        for value in sorted(groups):
+        kept = sorted(groups, key=lambda v: (-len(groups[v]), v))[:MAX_SPLITS]
+        for value in sorted(kept):
             new = _add(machine, state, transition, k, value, groups[value], others)
             if new is not None:
                 parents[new] = (transition.target, k)
