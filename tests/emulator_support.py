@@ -128,6 +128,13 @@ class Emulator:
     def count(self, eventid: str) -> int:
         return sum(1 for e in self.read_events() if e.get("eventid") == eventid)
 
+    def wait_served(self, loaded_before: int, timeout: float = 60.0) -> None:
+        """Wait until models learned online are served: a ``scriptgen.model.loaded``
+        beyond ``loaded_before`` (counted before the proxied runs). The reload after
+        learning runs in a thread, and the periodic reload may even come first, so
+        waiting for something after ``scriptgen.proxy.learned`` could wait forever."""
+        self.wait_count("scriptgen.model.loaded", loaded_before + 1, timeout)
+
     def wait_event(
         self, match: str | Callable[[dict[str, Any]], bool], timeout: float = 20.0
     ) -> dict[str, Any]:

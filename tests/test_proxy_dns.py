@@ -40,6 +40,7 @@ def ask(emu: Emulator, name: str) -> list[str]:
 
 def test_dns_over_udp_proxied_then_emulated(tmp_path) -> None:  # type: ignore[no-untyped-def]
     emu = start_emulator(tmp_path, "udp/53=0", expiry=1.0)
+    loaded = emu.count("scriptgen.model.loaded")
     try:
         with DnsServer(POOL):
             assert [p for n in NAMES * 2 for p in ask(emu, n)] == []
@@ -49,7 +50,7 @@ def test_dns_over_udp_proxied_then_emulated(tmp_path) -> None:  # type: ignore[n
         [rec] = (emu.spool / "learned").glob("*.pcap")
         convs = list(read_conversations(rec))
         assert len(convs) == 6 and all(c.protocol == "udp" and len(c.messages) == 2 for c in convs)
-        time.sleep(0.5)  # the reload after learning runs in a thread
+        emu.wait_served(loaded)
         allocated = emu.count("scriptgen.proxy.allocated")
         assert [p for n in NAMES for p in ask(emu, n)] == []  # dnsmasq is stopped
         time.sleep(0.5)
@@ -66,11 +67,12 @@ def test_a_general_transition_from_one_query_goes_to_the_host(tmp_path) -> None:
     query. Such a transition is doubted ([proxy] doubt_samples): www goes to
     dnsmasq and succeeds, and its answer is the second sample."""
     emu = start_emulator(tmp_path, "udp/53=0", expiry=1.0)
+    loaded = emu.count("scriptgen.model.loaded")
     try:
         with DnsServer(POOL):
             assert [p for n in ("db", "db", "db", "ftp") for p in ask(emu, n)] == []
             emu.wait_count("scriptgen.proxy.learned", 1, timeout=120)
-            time.sleep(0.5)  # the reload after learning runs in a thread
+            emu.wait_served(loaded)
             mark = len(emu.read_events())
             assert ask(emu, "www") == []
             time.sleep(0.5)

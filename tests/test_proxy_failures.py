@@ -210,12 +210,13 @@ def test_kill_9_between_recording_and_learning_loses_nothing(tmp_path: Path) -> 
         # Restarted: the recording left open is recovered and learned.
         learned = emu.count("scriptgen.proxy.learned")
         emu = emulator(tmp_path, host.port, expiry=1)
+    loaded = emu.count("scriptgen.model.loaded")
     try:
         report = emu.wait_count("scriptgen.proxy.learned", learned + 1, timeout=120)[-1]
         assert report["files"] == [part.name.removesuffix(".part")]
         assert report["ports"][0]["conversations"] == 3 and report["new_transitions"] >= 1
         assert list((emu.spool / "learned").glob("*.pcap")) and not list(emu.spool.glob("*.pcap*"))
-        time.sleep(0.5)  # the reload after learning runs in a thread
+        emu.wait_served(loaded)
         allocated = emu.count("scriptgen.proxy.allocated")
         sock = connect(emu)  # the pool host is gone: the emulator answers alone
         assert ask(sock, b"HELLO 7\r\n").startswith(b"200 ok HELLO ")

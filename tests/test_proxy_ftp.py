@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import re
 import shutil
-import time
 
 import pytest
 
@@ -61,13 +60,14 @@ def run_all(emu: Emulator, rng: random.Random, n: int) -> list[str]:
 def test_ftp_from_an_empty_model_proxied_then_emulated(tmp_path) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(3)
     emu = start_emulator(tmp_path, "tcp/21=0", expiry=1.0)
+    loaded = emu.count("scriptgen.model.loaded")
     try:
         with FtpServer(POOL):
             assert run_all(emu, rng, TRAIN) == []
             emu.wait_count("scriptgen.proxy.relaying", TRAIN, timeout=10)
             report = emu.wait_count("scriptgen.proxy.learned", 1, timeout=120)[-1]
         assert report["new_transitions"] >= 4
-        time.sleep(0.5)  # the reload after learning runs in a thread
+        emu.wait_served(loaded)
         # vsftpd is stopped: what the client checks is answered by the emulator
         # alone (a request after them, e.g. QUIT on a path seen once, may still
         # be unmatched: its proxy attempt fails and the connection closes).

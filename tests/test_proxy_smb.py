@@ -45,13 +45,14 @@ def listing(emu: Emulator) -> list[str]:
 
 def test_smb_from_an_empty_model_proxied_then_emulated(tmp_path) -> None:  # type: ignore[no-untyped-def]
     emu = start_emulator(tmp_path, "tcp/139=0", expiry=1.0)
+    loaded = emu.count("scriptgen.model.loaded")
     try:
         with SambaServer(POOL, port=0, netbios_port=139):
             real = [listing(emu) for _ in range(TRAIN)]
             emu.wait_count("scriptgen.proxy.relaying", TRAIN, timeout=10)
             report = emu.wait_count("scriptgen.proxy.learned", 1, timeout=300)[-1]
         assert report["new_transitions"] >= 5
-        time.sleep(0.5)  # the reload after learning runs in a thread
+        emu.wait_served(loaded)
         mark = len(emu.read_events())
         alone = [listing(emu) for _ in range(2)]  # smbd is stopped
         assert alone == real[:2]
