@@ -33,7 +33,7 @@ def test_mixed_logins_complete_only_with_dependencies(tmp_path: Path) -> None:
     require_root()
     require_binaries(*NEEDS)
     logins = ["guest", "anonymous", "unknown"]
-    train_runs = draw("smbclient", logins, 24, seed=5)
+    train_runs = draw("smbclient", logins, 36, seed=5)
     test_runs = capture(train_runs, draw("smbclient", logins, 9, seed=1005), tmp_path / "t.pcap")
     assert [r.status for r in test_runs] == [0] * 9, "the real server must serve every run"
     train(tmp_path / "t.pcap", tmp_path / "models")
