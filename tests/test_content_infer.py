@@ -457,3 +457,22 @@ def test_inference_never_raises_on_odd_dialogs() -> None:
                 assert 0 <= dep["at"] <= len(state.answer)
 
     check()
+
+
+def test_content_inference_does_not_walk_verbatim_transitions() -> None:
+    """A verbatim transition is one recorded request: what its state saw proves no
+    link, and a server value echoed inside it must not read as a value the client
+    sends back fixed. Called directly (not only from the trainer), inference walks
+    the general transition beside it."""
+    m = Machine("tcp", 7000)
+    exact, general = m.new_state(), m.new_state()
+    root = m.states[0]
+    root.transitions.append(Transition(Pattern.literal(b"ID 42\r\n"), exact.id, verbatim=True))
+    root.transitions.append(Transition(Pattern((fx(b"ID "), mu(1, 4), fx(b"\r\n"))), general.id))
+    dialogs = [
+        Dialog("tcp", 7000, b"", Suffix((Turn(b"ID %d\r\n" % n, b"OK %d\r\n" % n),)))
+        for n in (42, 7, 19)
+    ]
+    samples = collect_samples(m, dialogs)
+    assert exact.id not in samples
+    assert len(samples[general.id]) == 3

@@ -124,7 +124,15 @@ class Sample:
 def collect_samples(
     machine: Machine, dialogs: Iterable[Dialog], max_samples: int = 64
 ) -> dict[int, list[Sample]]:
-    """Replay ``dialogs`` (of this machine's port) and list, per state, the turns that reached it."""
+    """Replay ``dialogs`` (of this machine's port) and list, per state, the turns that reached it.
+
+    Verbatim transitions are not walked: one is a single recorded request, byte
+    for byte, so a server value one dialog echoed there would look like a value
+    the client must send back unchanged (a fixed region), which stops inference
+    from drawing it fresh per connection (a constant session id: a
+    fingerprint). The states behind them have one or two samples, too few to
+    prove a dependency, and answer exactly the request they recorded.
+    """
     samples: dict[int, list[Sample]] = defaultdict(list)
     for dialog in dialogs:
         state = machine.states[machine.root]
@@ -134,7 +142,7 @@ def collect_samples(
         answers: list[bytes] = []
         targets: list[int] = []
         for turn in dialog.suffix.turns:
-            hit = state.best_transition(turn.request)
+            hit = state.best_transition(turn.request, general_only=True)
             if hit is None:
                 break
             transition, match = hit

@@ -128,38 +128,16 @@ def learn_machine(
     learner.add(dialogs)
     steps = learner.refine(on_step)
     consolidate(machine)
-    _infer_general(machine, dialogs)
+    infer_dependencies(machine, dialogs)
     # Requests alike, answers not: split on the region that predicts the answer. The
     # generic states keep the dependencies inferred from all their samples above (no
     # dialog reaches them now); split states prove their own or inherit the parent's.
     parents = split_by_answer(machine, dialogs)
     if parents:
         consolidate(machine)
-        _infer_general(machine, dialogs)
+        infer_dependencies(machine, dialogs)
         inherit_dependencies(machine, parents)
     return len(steps)
-
-
-def _infer_general(machine: Machine, dialogs: Sequence[Dialog]) -> None:
-    """Content dependencies with the verbatim transitions set aside.
-
-    A verbatim transition is one recorded request, byte for byte: a server
-    value that one dialog echoed there looks like a value the client must send
-    back unchanged (a fixed region), which would stop content inference from
-    drawing it fresh per connection (a constant session id: a fingerprint).
-    The states behind them have one or two samples, too few to prove a
-    dependency, and answer exactly the request they recorded.
-    """
-    kept = {}
-    for state in machine.states.values():
-        if any(t.verbatim for t in state.transitions):
-            kept[state.id] = state.transitions
-            state.transitions = [t for t in state.transitions if not t.verbatim]
-    try:
-        infer_dependencies(machine, dialogs)
-    finally:
-        for sid, transitions in kept.items():
-            machine.states[sid].transitions = transitions
 
 
 def _learn_json(

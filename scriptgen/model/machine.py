@@ -123,12 +123,17 @@ class State:
     dependencies: list[dict[str, Any]] = field(default_factory=list)
     signals: list[dict[str, Any]] = field(default_factory=list)
 
-    def best_transition(self, data: bytes) -> tuple[Transition, Any] | None:
+    def best_transition(
+        self, data: bytes, general_only: bool = False
+    ) -> tuple[Transition, Any] | None:
         """The matching function: exact match on every fixed region; among
         several matches, the one with the most fixed bytes wins (ties: the
-        earlier transition, so the choice is deterministic)."""
+        earlier transition, so the choice is deterministic). ``general_only``:
+        as if the verbatim (one recorded request) transitions were not there."""
         best: tuple[Transition, Any] | None = None
         for t in self.transitions:
+            if general_only and t.verbatim:
+                continue
             if best is not None and t.pattern.specificity <= best[0].pattern.specificity:
                 continue
             m = t.pattern.fullmatch(data)
