@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulator_support import ROOT, TWISTD, Emulator
+from tests.emulator_support import ROOT, TWISTD, Emulator, read_events
 
 CAPTURES = ROOT / "tests" / "data" / "captures"
 DIG = shutil.which("dig")
@@ -120,3 +120,34 @@ def test_dig_with_fresh_query_ids(models: Path, tmp_path: Path) -> None:
     (tmp_path / "off").mkdir()
     off, _, off_outputs = play(models, tmp_path / "off", deps=False, runs=runs)
     assert off <= 1, "\n".join(off_outputs)  # the captured id matches only by chance
+
+
+def test_udp_send_budget_with_dig(models: Path, tmp_path: Path) -> None:
+    """[limits] udp_answer_rate / udp_answer_burst with a real client: one source
+    address gets its burst, then answers are dropped (a spoofed source cannot make
+    the honeypot reflect without bound) and the drop is a limit event."""
+    run = next(r for r in dig_runs() if not r.get("tcp"))
+    (tmp_path / "free").mkdir()
+    free = serve(models, tmp_path / "free", deps=True)
+    port = next(free)["udp"]
+    first = ask(port, run)
+    assert "->>HEADER<<-" in first.stdout, first.stdout
+    next(free, None)
+    sent = [
+        e
+        for e in read_events(tmp_path / "free" / "events.json")
+        if e.get("eventid") == "scriptgen.request.matched"
+    ]
+    size = sent[0]["answer_len"]  # the answer that went out (rewritten)
+    # A burst of one answer and almost no refill: the first query is answered, the
+    # next ones from the same address are not.
+    config = (
+        CONFIG.format(models=models, events=tmp_path / "events.json", deps="true")
+        + f"[limits]\nudp_answer_rate = 1\nudp_answer_burst = {size + size // 2}\n"
+    )
+    with Emulator.start(tmp_path, config, tmp_path / "events.json") as emu:
+        port = emu.ports["udp/53=0"]
+        answered = ["->>HEADER<<-" in ask(port, run).stdout for _ in range(3)]
+        hits = emu.wait_count("scriptgen.limit.hit", 1, timeout=10)
+    assert answered == [True, False, False]
+    assert any(h["limit"] == "udp_answer_rate" for h in hits)
