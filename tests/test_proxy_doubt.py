@@ -10,8 +10,9 @@ from pathlib import Path
 
 from scriptgen.emulate.dialog import Dialog, Matched
 from scriptgen.emulate.matching import CompiledMachine
-from scriptgen.emulate.proxy import doubtful, shape
+from scriptgen.emulate.proxy import doubtful
 from scriptgen.model import Transition
+from scriptgen.model.shape import shape
 from tests.test_emulate_support import line_machine
 from tests.test_proxy_unit import FakeProto, make
 

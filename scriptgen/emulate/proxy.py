@@ -31,7 +31,6 @@ Decisions (see docs/proxy.md):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ from twisted.python.failure import Failure
 
 from scriptgen.emulate.config import ProxyConfig
 from scriptgen.emulate.recorder import Flow, Recording, Spool
+from scriptgen.model.shape import shape
 
 SETTLE = 0.02  # quiet seconds after an answer at least as long as the emulated one
 _COMPARE = 512  # bytes of each answer compared during the replay check
@@ -60,30 +60,6 @@ EMULATING, CONNECTING, REPLAYING, RELAYING, CLOSED = (
 # Samples content inference needs to prove a link in one state on its own
 # (scriptgen.learn.content.ContentOptions.min_samples).
 PROOF = 3
-_SHAPE_BYTES = 256  # bytes of each answer that decide its shape
-# Byte classes of an answer's shape: letters and digits (words, numbers, names),
-# other non-printable bytes; tab, CR, LF, space and punctuation stay themselves.
-_WORD, _BINARY = b"\x01", b"\x02"
-_CLASSES = bytes(
-    _WORD[0] if b < 128 and chr(b).isalnum()
-    else b if 0x20 <= b < 0x7F or b in (9, 10, 13)
-    else _BINARY[0]
-    for b in range(256)
-)  # fmt: skip
-_RUNS = re.compile(rb"([\x01\x02])\1+")
-
-
-def shape(answer: bytes) -> bytes:
-    """What an answer looks like, not what it says: runs of letters and digits, and
-    runs of other binary bytes, collapsed to one class byte each; punctuation,
-    spaces and line ends kept.
-
-    Why: answers of one kind of request differ in values (a counter, a name,
-    an id) but keep their form; answers of different requests lumped into one
-    transition (a stored value, a miss, an error) differ in form. Nothing here
-    knows a protocol.
-    """
-    return _RUNS.sub(rb"\1", answer[:_SHAPE_BYTES].translate(_CLASSES))
 
 
 def doubtful(
