@@ -84,7 +84,7 @@ class Limits:
     max_sources: int = 10000
     unmatched_per_source: int = 8
     unmatched_bytes: int = 16 * 1024 * 1024
-    match_timeout: float = 0.05
+    match_timeout: float = 0.05  # regex seconds per evaluation and per request (matching.Budget)
     event_queue: int = 10000
     event_queue_bytes: int = 16 * 1024 * 1024
     log_payload_bytes: int = 4096

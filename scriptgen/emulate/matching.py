@@ -18,19 +18,24 @@ machine remembers recent "where does the request end" decisions.
 
 The result must always equal ``State.best_transition`` (the model's matching
 function); the tests check that on random machines.
+
+Regex time is bounded twice: each evaluation by ``timeout`` and all the
+evaluations judging one request by the same amount in total (``Budget``), so a
+hostile request costs about one timeout, not one per candidate rule and state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 import regex
 
 from scriptgen.model import End, Machine, Pattern, State, Transition
 
-MATCH_TIMEOUT = 0.05  # seconds one regex evaluation may take (see MatchTimeout)
+MATCH_TIMEOUT = 0.05  # seconds one regex evaluation, and one request in all, may take
 ANCHOR_BYTES = 16  # bytes of the anchoring fixed region used as the dict key
 MAX_WINDOW = 64  # largest offset range an anchor may float in and still be indexed
 CACHE_ENTRIES = 4096  # decisions remembered per machine
@@ -45,6 +50,53 @@ class MatchTimeout(Exception):
     second for a few kB, growing fast); every evaluation gets a deadline and
     the dialog treats a timeout as an unmatched request.
     """
+
+
+class Budget:
+    """Seconds of regex work the judgement of one request may spend in total.
+
+    Why: a deadline per evaluation alone lets one hostile request cost one
+    timeout per candidate rule, per pass of the dialog over them (whole
+    match, splits, extensions) and per back-off state -- seconds of a stalled
+    reactor. A judgement opens when ``CompiledMachine.cached`` misses and closes
+    at ``remember``; judging the same buffer object again (back-off at earlier
+    states, the final judgement after the settle delay or the request timeout)
+    goes on spending the same budget: a new request is a new buffer object.
+    Outside a judgement (live values of a match) only the per-evaluation
+    timeout applies. Spent time, not a deadline, is kept: carrying a budget
+    over costs nothing when the earlier judgement was cheap.
+    """
+
+    __slots__ = ("seconds", "spent", "active", "_buffer")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.spent = 0.0
+        self.active = False
+        self._buffer: bytes | None = None
+
+    def open(self, buffer: bytes) -> None:
+        """A judgement of ``buffer`` starts (a new budget unless it judges it again)."""
+        if buffer is not self._buffer:
+            self.spent = 0.0
+            self._buffer = buffer
+        self.active = True
+
+    def close(self) -> None:
+        self.active = False
+
+    def allowance(self, cap: float) -> float:
+        """The timeout of the next evaluation; MatchTimeout when nothing is left."""
+        if not self.active:
+            return cap
+        left = self.seconds - self.spent
+        if left <= 0:
+            raise MatchTimeout("request match budget spent")
+        return min(cap, left)
+
+    def charge(self, seconds: float) -> None:
+        if self.active:
+            self.spent += seconds
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -68,6 +120,7 @@ class Rule:
     first: tuple[int, int, bytes] | None  # first fixed region and its possible offsets lo..hi
     timeout: float  # seconds per regex evaluation
     loose: bool  # has regions compiled as ``.*`` plus a length check (Region.is_loose)
+    budget: Budget  # the machine's: regex seconds left for the request being judged
 
     def __repr__(self) -> str:
         return f"Rule({self.order}: {self.pattern.describe()} -> {self.target})"
@@ -83,10 +136,19 @@ class Rule:
 
     def _full(self, data: bytes) -> Any:
         """``Pattern.fullmatch`` with a deadline."""
+        return self._timed(lambda t: self.pattern.fullmatch(data, timeout=t))
+
+    def _timed(self, run: Callable[[float], Any]) -> Any:
+        """One regex evaluation, bounded by its timeout and by the request's budget."""
+        budget = self.budget
+        timeout = budget.allowance(self.timeout)
+        started = perf_counter()
         try:
-            return self.pattern.fullmatch(data, timeout=self.timeout)
+            return run(timeout)
         except TimeoutError:
             raise MatchTimeout(self.pattern.describe()) from None
+        finally:
+            budget.charge(perf_counter() - started)
 
     def match(self, data: bytes) -> Any:
         """The regex match (live values of the regions), for later stages; None on timeout."""
@@ -114,10 +176,8 @@ class Rule:
             return len(data) < len(self.literal) and self.literal.startswith(data)
         if len(data) >= self.pattern.max_len or self.excluded(data):
             return False
-        try:  # Pattern.could_extend, with a deadline
-            m = self.pattern.compiled.fullmatch(data, partial=True, timeout=self.timeout)
-        except TimeoutError:
-            raise MatchTimeout(self.pattern.describe()) from None
+        compiled = self.pattern.compiled  # Pattern.could_extend, with a deadline
+        m = self._timed(lambda t: compiled.fullmatch(data, partial=True, timeout=t))
         return m is not None and m.partial
 
     def tail_slack(self, data: bytes) -> bool:
@@ -142,10 +202,7 @@ class Rule:
             return n if 0 < n < len(data) and data.startswith(self.literal) else 0
         if len(data) <= self.pattern.min_len:
             return 0
-        try:
-            m = self.prefix_re.match(data, timeout=self.timeout)
-        except TimeoutError:
-            raise MatchTimeout(self.pattern.describe()) from None
+        m = self._timed(lambda t: self.prefix_re.match(data, timeout=t))
         if m is None or not 0 < m.end() < len(data):
             return 0
         if self.loose and self._full(data[: m.end()]) is None:
@@ -233,7 +290,10 @@ class StateIndex:
         return f"StateIndex({self.id}, {len(self.rules)} rules)"
 
     @classmethod
-    def build(cls, state: State, timeout: float = MATCH_TIMEOUT) -> StateIndex:
+    def build(
+        cls, state: State, timeout: float = MATCH_TIMEOUT, budget: Budget | None = None
+    ) -> StateIndex:
+        budget = Budget(timeout) if budget is None else budget
         rules = []
         for order, t in enumerate(state.transitions):
             literal = _literal(t.pattern)
@@ -250,6 +310,7 @@ class StateIndex:
                     literal=literal,
                     first=_first_fixed(t.pattern),
                     timeout=timeout,
+                    budget=budget,
                     loose=any(r.is_loose for r in t.pattern.regions),
                     required=max(
                         (r.fixed for r in t.pattern.regions if r.fixed), key=len, default=b""
@@ -342,11 +403,18 @@ class CompiledMachine:
     # repeat the same requests, so recent decisions are remembered, in one
     # table per machine with a fixed bound (an attacker can fill it, not grow it).
     decisions: dict[tuple[int, bytes, bool], Any] = field(default_factory=dict)
+    budget: Budget = field(default_factory=lambda: Budget(MATCH_TIMEOUT))  # shared by its rules
 
     def cached(self, key: tuple[int, bytes, bool]) -> Any:
-        return self.decisions.get(key)
+        """The remembered decision, or None: the caller judges now (its budget opens)."""
+        decision = self.decisions.get(key)
+        if decision is None:
+            self.budget.open(key[1])
+        return decision
 
     def remember(self, key: tuple[int, bytes, bool], decision: Any) -> None:
+        """A judgement's decision (its budget closes)."""
+        self.budget.close()
         if len(key[1]) > CACHE_MAX_REQUEST:
             return
         if len(self.decisions) >= CACHE_ENTRIES:
@@ -357,8 +425,9 @@ class CompiledMachine:
     def build(
         cls, machine: Machine, source: str = "", timeout: float = MATCH_TIMEOUT
     ) -> CompiledMachine:
-        states = {sid: StateIndex.build(s, timeout) for sid, s in machine.states.items()}
-        return cls(machine, states, machine.root, source)
+        budget = Budget(timeout)
+        states = {sid: StateIndex.build(s, timeout, budget) for sid, s in machine.states.items()}
+        return cls(machine, states, machine.root, source, budget=budget)
 
     @property
     def key(self) -> tuple[str, int]:
