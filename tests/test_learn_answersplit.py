@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from scriptgen.learn import answersplit
 from scriptgen.learn.answersplit import split_by_answer
 from scriptgen.learn.consolidate import consolidate
 from scriptgen.learn.dialog import Dialog
@@ -42,7 +43,7 @@ def test_a_command_word_that_predicts_the_answer_gets_its_own_transition() -> No
     m = machine_with_generic()
     dialogs = [dialog(b"PING", b"+PONG\r\n")] * 3 + [dialog(b"DBSIZE", b":10\r\n")] * 4
     dialogs.append(dialog(b"ECHO", b"$1\r\n"))  # seen once: no evidence of its own
-    Learner(m, lambda requests: []).add(dialogs)  # the update phase's evidence
+    Learner(m, lambda requests, answers: []).add(dialogs)  # the update phase's evidence
     assert len(split_by_answer(m, dialogs)) == 2
     consolidate(m)
     assert answer_to(m, b"PING")[0] == b"+PONG\r\n"
@@ -89,7 +90,7 @@ def test_a_split_state_inherits_its_parents_dependencies_when_it_cannot_prove_it
     m = machine_with_generic()
     dialogs = [dialog(b"PING", b"+PONG\r\n")] * 2 + [dialog(b"SIZE", b":10\r\n")] * 2
     parents = split_by_answer(m, dialogs)
-    assert set(parents.values()) == {(1, 1)}  # split from state 1 on region 1
+    assert set(parents.values()) == {(1, (1,))}  # split from state 1 on region 1
     consolidate(m)
     ident = {"kind": "copy", "at": 0, "len": 1, "request": 0, "region": 0, "offset": 0}
     word = {"kind": "copy-region", "at": 1, "len": 4, "request": 0, "region": 1}
@@ -111,7 +112,7 @@ def test_a_split_state_keeps_the_verbatim_flag_of_the_transitions_it_copies() ->
     m = machine_with_generic()
     m.states[1].transitions[0].verbatim = True
     dialogs = [dialog(b"PING", b"+PONG\r\n")] * 3 + [dialog(b"DBSIZE", b":10\r\n")] * 4
-    Learner(m, lambda requests: []).add(dialogs)
+    Learner(m, lambda requests, answers: []).add(dialogs)
     parents = split_by_answer(m, dialogs)
     assert parents
     for split_state in parents:
@@ -153,7 +154,7 @@ def test_a_narrow_type_field_seen_once_splits_when_it_predicts_both_shapes() -> 
         typed(b"Q", b"Zr81mB4tYc0e", b"+" + b"y" * 60 + b"\r\n"),
         typed(b"D", b"", b"+OK\r\n"),
     ]
-    Learner(m, lambda requests: []).add(dialogs)
+    Learner(m, lambda requests, answers: []).add(dialogs)
     parents = split_by_answer(m, dialogs)
     assert len(parents) == 2
     consolidate(m)
@@ -170,8 +171,9 @@ def test_a_narrow_type_field_seen_once_splits_when_it_predicts_both_shapes() -> 
         # Same request shape, different answers (an error for one id, a success for
         # another): with one request per value that may be chance.
         ((b"Q", b"Q", b"D"), (b"a7Fq0zPw", b"Zr81mB4t", b"k3Lp9QwE")),
-        # Every value seen once (an id, a counter) is no type field, whatever the shapes.
-        ((b"A", b"B", b"C"), (b"a7Fq0zPw3kLm", b"Zr81mB4tYc0e", b"")),
+        # Every value seen once (an id, a counter) is no type field, whatever the shapes
+        # (arguments of one length: no exception either, see the tests below).
+        ((b"A", b"B", b"C"), (b"a7Fq0zPw3kLm", b"Zr81mB4tYc0e", b"Qm2x8TbN4wRz")),
     ],
 )
 def test_a_narrow_field_without_evidence_of_a_type_does_not_split(kinds, args) -> None:
@@ -243,3 +245,60 @@ def test_splits_of_successive_transitions_do_not_multiply() -> None:
     parents = split_by_answer(m, dialogs)
     assert parents  # the field does split
     assert sum(len(s.transitions) for s in m.states.values()) < 2000
+
+
+def test_a_small_transition_keeps_exceptions_for_arguments_that_pick_the_answer() -> None:
+    """Online learning sees each argument once: ``SIZE``-like requests of three names
+    got three answers. No value recurs, so no region split; but the argument
+    varies in length (a name, not an id), so each name seen gets its own answer
+    back, and a name never seen still matches the generic transition."""
+    m = typed_machine()
+    dialogs = [
+        typed(b"S", b"readme.txt", b"213 46\r\n"),
+        typed(b"S", b"notes.txt", b"213 29\r\n"),
+        typed(b"S", b"docs/guide.txt", b"213 891\r\n"),
+    ]
+    Learner(m, lambda requests, answers: []).add(dialogs)
+    parents = split_by_answer(m, dialogs)
+    assert set(parents.values()) == {(1, (1, 3))}  # every mutating region fixed
+    exact = [t for t in m.states[0].transitions if t.target in parents]
+    assert len(exact) == 3 and all(t.verbatim for t in exact)
+    consolidate(m)
+    assert typed_answer(m, b"TS readme.txt\r\n") == b"213 46\r\n"
+    assert typed_answer(m, b"TS notes.txt\r\n") == b"213 29\r\n"
+    assert typed_answer(m, b"TS docs/guide.txt\r\n") == b"213 891\r\n"
+    transition, _ = m.states[0].best_transition(b"TS other.txt\r\n")
+    assert transition.target == 1  # the generic one
+    for sid in parents:  # the dialog goes on as after the generic transition
+        assert m.states[sid].best_transition(b"QUIT\r\n") is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "answers"),
+    [
+        # One answer for every argument (CWD of two directories): nothing to keep apart.
+        ((b"pub", b"docs", b"images"), (b"250 ok\r\n",) * 3),
+        # Arguments of one width (ids, counters): no exceptions, whatever the answers.
+        ((b"a7Fq", b"Zr81", b"k3Lp"), (b"+1\r\n", b"+2\r\n", b"+3\r\n")),
+    ],
+)
+def test_no_exceptions_without_answers_or_lengths_that_differ(args, answers) -> None:
+    m = typed_machine()
+    dialogs = [typed(b"S", a, ans) for a, ans in zip(args, answers, strict=True)]
+    Learner(m, lambda requests, answers: []).add(dialogs)
+    assert split_by_answer(m, dialogs) == {}
+
+
+def test_a_large_transition_keeps_no_exceptions() -> None:
+    """Exceptions are for the few requests of online learning: from ``EXCEPTION_ROWS``
+    requests on, only values that recur may split (module doc)."""
+    m = typed_machine()
+    dialogs = [
+        typed(b"S", b"n" * (i + 1), b"213 %d\r\n" % i) for i in range(answersplit.EXCEPTION_ROWS)
+    ]
+    Learner(m, lambda requests, answers: []).add(dialogs)
+    assert split_by_answer(m, dialogs) == {}
+    fewer = dialogs[: answersplit.EXCEPTION_ROWS - 1]
+    m = typed_machine()
+    Learner(m, lambda requests, answers: []).add(fewer)
+    assert len(split_by_answer(m, fewer)) == answersplit.EXCEPTION_ROWS - 1

@@ -48,7 +48,7 @@ def real_analyser():
     from scriptgen.learn.regions import RegionOptions, analyse
 
     options = RegionOptions()
-    return lambda samples: analyse(samples, options)
+    return lambda samples, answers: analyse(samples, options, answers)
 
 
 @pytest.mark.parametrize("which", ["standin", "real"])

@@ -48,7 +48,9 @@ class Standin:
     key_len: int = 4
     min_size: int = 3
 
-    def __call__(self, samples: Sequence[bytes]) -> list[StandinCluster]:
+    def __call__(
+        self, samples: Sequence[bytes], answers: Sequence[bytes | None] | None = None
+    ) -> list[StandinCluster]:
         groups: dict[bytes, list[int]] = {}
         for i, s in enumerate(samples):
             groups.setdefault(s[: self.key_len], []).append(i)

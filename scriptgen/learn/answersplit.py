@@ -36,6 +36,21 @@ fields redis 0.667 -> 0.759, smb139 0.869 -> 0.894, smb445 0.880 -> 0.891,
 ftp 0.996 -> 0.996, others unchanged. Copying the splits was needed to keep
 "A then B" equal to "A+B" (smb139: 2 dialogs differed without it).
 
+*Exceptions*: a transition learned from fewer than ``EXCEPTION_ROWS`` (8)
+requests where no region's values recur (online learning: each argument
+seen once) can still hold requests with different answers (``SIZE`` of two
+files). When a region's values vary in length among the requests (names,
+keys, paths: not only ids, counters or lengths, whose width is fixed), each
+request whose answer differs from another's
+(``_differing``, single requests counted) gets an exact sub-transition
+(flagged ``verbatim``, like the learner's leftovers: content inference
+walks past it, so the generic state keeps its samples): the request seen
+gets its own answer back, the generic transition still answers every other
+value (with the most frequent answer). Single requests are evidence enough
+here because nothing is lost when one never recurs (the split state copies
+the generic state's transitions), and the size bound keeps the model from
+growing with large clusters.
+
 The generic transition stays for values never seen. A new state has few
 samples, often too few for content inference to prove the ids it must echo;
 after inference, ``inherit_dependencies`` gives such a state those of its
@@ -65,6 +80,8 @@ MAX_ANSWERS = 16  # distinct answers kept as evidence per new state (as the lear
 # copies its generic state's transitions, splits included, so successive transitions
 # with n values each would otherwise make n x n transitions (hostile input).
 MAX_SPLITS = 32
+# Transitions learned from fewer requests may split off single requests (exceptions).
+EXCEPTION_ROWS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,26 +92,33 @@ class _Row:
     end: str | None  # how the dialog ended right after this turn, if it did
 
 
+Key = tuple[bytes, ...]  # the values of the regions a split fixes, in region order
+
+
 def split_by_answer(
     machine: Machine, dialogs: Iterable[Dialog], min_group: int = MIN_GROUP
-) -> dict[int, tuple[int, int]]:
-    """Add sub-transitions where a region's value predicts the answer; returns
-    {new state id: (the generic state it was split from, the region index fixed)}."""
+) -> dict[int, tuple[int, tuple[int, ...]]]:
+    """Add sub-transitions where regions' values predict the answer; returns
+    {new state id: (the generic state it was split from, the region indices fixed)}."""
     rows = _collect(machine, dialogs)
-    parents: dict[int, tuple[int, int]] = {}
+    parents: dict[int, tuple[int, tuple[int, ...]]] = {}
     for (sid, index), taken in sorted(rows.items(), key=lambda kv: kv[0]):
         state = machine.states[sid]
         transition = state.transitions[index]
         choice = _best_region(transition.pattern, taken, min_group)
+        exact = choice is None
+        if exact:
+            choice = _exceptions(transition.pattern, taken)
         if choice is None:
             continue
-        k, groups = choice
+        ks, groups = choice
         others = [r.request for (s, i), rs in rows.items() if s == sid and i != index for r in rs]
         kept = sorted(groups, key=lambda v: (-len(groups[v]), v))[:MAX_SPLITS]
-        for value in sorted(kept):
-            new = _add(machine, state, transition, k, value, groups[value], others)
+        for key in sorted(kept):
+            values = dict(zip(ks, key, strict=True))
+            new = _add(machine, state, transition, values, groups[key], others, exact)
             if new is not None:
-                parents[new] = (transition.target, k)
+                parents[new] = (transition.target, ks)
     # Copied last, so that a split state also has the sub-transitions its generic state
     # gained here: once incremental training merges the two, neither may steal the
     # other's requests into a state that never learned their continuation.
@@ -106,24 +130,24 @@ def split_by_answer(
     return parents
 
 
-def inherit_dependencies(machine: Machine, parents: dict[int, tuple[int, int]]) -> int:
+def inherit_dependencies(machine: Machine, parents: dict[int, tuple[int, tuple[int, ...]]]) -> int:
     """Give a split state without dependencies those of its parent that still apply;
     returns how many states inherited any.
 
-    A dependency on the split region is left out (the child's pattern holds that
+    A dependency on a split region is left out (the child's pattern holds that
     value fixed and its template already carries it); the others are kept when
     they lie in the part where both templates agree, bytes that the kept
     dependencies rewrite anyway counting as agreeing (an echoed id).
     """
     done = 0
-    for child_id, (parent_id, k) in sorted(parents.items()):
+    for child_id, (parent_id, ks) in sorted(parents.items()):
         child, parent = machine.states.get(child_id), machine.states.get(parent_id)
         if child is None or parent is None or child.dependencies or not parent.dependencies:
             continue
         deps = [
             dict(d)
             for d in parent.dependencies
-            if not (d.get("region") == k and d.get("request", 0) == 0)
+            if not (d.get("region") in ks and d.get("request", 0) == 0)
         ]
         covered = {
             i for d in deps for i in range(int(d.get("at", 0)), _end(d)) if _end(d) < 1 << 20
@@ -171,7 +195,7 @@ def _collect(machine: Machine, dialogs: Iterable[Dialog]) -> dict[tuple[int, int
 
 def _best_region(
     pattern: Pattern, rows: Sequence[_Row], min_group: int
-) -> tuple[int, dict[bytes, list[_Row]]] | None:
+) -> tuple[tuple[int], dict[Key, list[_Row]]] | None:
     """The mutating region whose recurring values split the answers best, and its groups."""
     best: tuple[int, int, dict[bytes, list[_Row]]] | None = None
     for k, region in enumerate(pattern.regions):
@@ -188,7 +212,34 @@ def _best_region(
         covered = sum(len(rs) for rs in differing.values())
         if covered and (best is None or covered > best[1]):
             best = (k, covered, differing)
-    return None if best is None else (best[0], best[2])
+    if best is None:
+        return None
+    return (best[0],), {(v,): rs for v, rs in best[2].items()}
+
+
+def _exceptions(
+    pattern: Pattern, rows: Sequence[_Row]
+) -> tuple[tuple[int, ...], dict[Key, list[_Row]]] | None:
+    """In a transition of fewer than ``EXCEPTION_ROWS`` requests with a region whose
+    values vary in length: the requests (all mutating regions' values) whose
+    answers differ from another request's (module doc, *exceptions*)."""
+    if len(rows) >= EXCEPTION_ROWS:
+        return None
+    ks = tuple(k for k, region in enumerate(pattern.regions) if not region.is_fixed)
+    if not any(len({len(_value(row, k)) for row in rows}) > 1 for k in ks):
+        return None
+    groups: dict[Key, list[_Row]] = defaultdict(list)
+    for row in rows:
+        key = tuple(_value(row, k) for k in ks)
+        if len(row.request) <= MAX_VALUE_LEN:
+            groups[key].append(row)
+    differing = _differing(groups)
+    return (ks, differing) if differing else None
+
+
+def _value(row: _Row, k: int) -> bytes:
+    """What the request holds in region ``k`` of the pattern it matched."""
+    return row.request[row.match.start(k + 1) : row.match.end(k + 1)]  # type: ignore[attr-defined]
 
 
 def _differing(groups: dict[bytes, list[_Row]]) -> dict[bytes, list[_Row]]:
@@ -294,17 +345,23 @@ def _add(
     machine: Machine,
     state: State,
     generic: Transition,
-    k: int,
-    value: bytes,
+    values: dict[int, bytes],
     rows: Sequence[_Row],
     others: Sequence[bytes],
+    exact: bool = False,
 ) -> int | None:
-    """One sub-transition with region ``k`` fixed to ``value``; returns the new state's
-    id (its transitions are filled in by ``split_by_answer``), None when it would
+    """One sub-transition with each region ``k`` of ``values`` fixed to its value
+    (``exact``: an exception, see the module doc); returns the new state's id
+    (its transitions are filled in by ``split_by_answer``), None when it would
     duplicate a transition or take a request another transition takes now."""
     regions = list(generic.pattern.regions)
-    regions[k] = Region(value)
-    pattern = Pattern(tuple(regions))
+    for k, value in values.items():
+        regions[k] = Region(value)
+    verbatim = exact and all(r.is_fixed for r in regions)
+    if verbatim:  # one request: the form the learner's verbatim transitions have
+        pattern = Pattern.literal(b"".join(r.fixed or b"" for r in regions))
+    else:
+        pattern = Pattern(tuple(regions))
     if any(t.pattern == pattern for t in state.transitions):
         return None
     if any(pattern.fullmatch(r) is not None for r in others):
@@ -315,5 +372,8 @@ def _add(
     target.samples = len(rows)
     target.ends = dict(Counter(r.end for r in rows if r.end is not None))
     examples = sorted({r.request for r in rows})[:8]
-    state.transitions.append(Transition(pattern, target.id, len(rows), examples))
+    # An exception (every region fixed) is one recorded request, like the learner's
+    # verbatim leftovers: content inference walks past it, a later refinement may
+    # absorb it into the general transition.
+    state.transitions.append(Transition(pattern, target.id, len(rows), examples, verbatim))
     return target.id

@@ -49,6 +49,7 @@ import regex
 
 from scriptgen.learn.dialog import Dialog
 from scriptgen.model import Machine, Pattern, Region, State, Suffix, Transition
+from scriptgen.model.shape import shape
 
 
 class ClusterLike(Protocol):
@@ -58,8 +59,9 @@ class ClusterLike(Protocol):
     members: tuple[int, ...]
 
 
-# Region analysis with its options bound: requests → clusters (indices into the list).
-Analyser = Callable[[Sequence[bytes]], Sequence[ClusterLike]]
+# Region analysis with its options bound: requests, and the answer each got (None:
+# unknown) → clusters (indices into the list).
+Analyser = Callable[[Sequence[bytes], Sequence[bytes | None]], Sequence[ClusterLike]]
 
 
 @dataclass(frozen=True)
@@ -361,13 +363,13 @@ class Learner:
         cluster that joins several transitions' stand-ins merges their
         states (``_add_clusters``). Returns (transition, made a new state) pairs.
         """
-        pending = [
-            s.turns[0].request
-            for s in state.bucket
-            if state.best_transition(s.turns[0].request) is None
+        unmatched = [
+            s.turns[0] for s in state.bucket if state.best_transition(s.turns[0].request) is None
         ]
-        if not pending:
+        if not unmatched:
             return []
+        pending = [t.request for t in unmatched]
+        answers: list[bytes | None] = [t.answer for t in unmatched]
         exemplars: list[bytes] = []
         owners: list[Transition] = []
         if self.options.regeneralise:
@@ -376,19 +378,21 @@ class Learner:
                     exemplars.extend([e] * copies)
                     owners.extend([t] * copies)
         created: list[tuple[Transition, bool]] = []
-        taken = self._add_clusters(state, pending, exemplars, owners, created)
+        taken = self._add_clusters(state, pending, answers, exemplars, owners, created)
         if exemplars:
             # Requests whose cluster could not be placed (it would have taken other
             # transitions' requests, or merging would make a cycle): plain analysis.
-            rest = [r for i, r in enumerate(pending) if i not in taken]
+            rest = [i for i in range(len(pending)) if i not in taken]
             if rest:
-                self._add_clusters(state, rest, [], [], created)
+                again = ([pending[i] for i in rest], [answers[i] for i in rest])
+                self._add_clusters(state, *again, [], [], created)
         return created
 
     def _add_clusters(
         self,
         state: State,
         pending: list[bytes],
+        answers: list[bytes | None],
         exemplars: list[bytes],
         owners: list[Transition],
         created: list[tuple[Transition, bool]],
@@ -407,8 +411,10 @@ class Learner:
         still recurs and the analysis keeps it apart as before.
         """
         n = len(pending)
+        known = {id(t): self._answer_of(t) for t in owners}
+        said = answers + [known[id(t)] for t in owners]
         clusters = sorted(
-            self.analyser(pending + exemplars), key=lambda c: min(c.members, default=0)
+            self.analyser(pending + exemplars, said), key=lambda c: min(c.members, default=0)
         )
         existing = {t.pattern for t in state.transitions}
         everyone = [e for t in state.transitions for e in self.examples_of(t)]
@@ -437,6 +443,17 @@ class Learner:
             created.append((transition, fresh))
             taken.update(new)
         return taken
+
+    def _answer_of(self, transition: Transition) -> bytes | None:
+        """The answer a transition's examples stand with in analysis: its state's most
+        frequent one when all its answers have one shape (None: no answer known,
+        or several kinds of answer: nothing to link on)."""
+        target = self.machine.states.get(transition.target)
+        if target is None or not target.answers:
+            return None
+        if len({shape(a) for a in target.answers}) > 1:
+            return None
+        return max(target.answers.items(), key=lambda kv: (kv[1], -len(kv[0]), kv[0]))[0]
 
     def _weighted_examples(self, transition: Transition) -> list[tuple[bytes, int]]:
         """The examples, each with its share of the transition's samples (at least 1,

@@ -125,6 +125,7 @@ from scipy.spatial.distance import squareform
 
 from scriptgen.learn.align import GAP, Alignment, Layout, head_tail, layout, merge, runs
 from scriptgen.model import Pattern, Region
+from scriptgen.model.shape import shape
 
 LINKAGES = ("average", "complete", "single", "weighted")
 # Fixed-width mutating regions up to this wide stay exact even in small clusters
@@ -132,6 +133,11 @@ LINKAGES = ("average", "complete", "single", "weighted")
 # 2 also widened 3-4 byte ids (a DNS query id with a chance-mutating byte next to
 # it); 8 kept the lsarpc139 held-out gain from coming (module doc, step 5).
 NARROW = 4
+# Two requests just past the cut (``answer_link_distance``) join only when they
+# share at least this many first bytes and one last byte and differ in one span
+# between: a difference at the start is where messages of different kinds differ
+# (``_link_by_answers``).
+LINK_HEAD = 4
 
 
 @dataclass(frozen=True)
@@ -170,10 +176,15 @@ class RegionOptions:
     max_clusters: int = 256
     # Threads for the distance matrix (rapidfuzz); results do not depend on it.
     workers: int = 1
+    # Two requests farther apart than ``distance_threshold`` but at most this far
+    # (same head and tail) are linked at the cut when the server answered both in
+    # one shape (only when ``analyse`` gets the answers); <= the cut: never.
+    answer_link_distance: float = 0.5
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.distance_threshold <= 1.0:
-            raise ValueError("distance_threshold must be within 0..1")
+        for name in ("distance_threshold", "answer_link_distance"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0..1")
         if self.linkage not in LINKAGES:
             raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}")
         if not 0.0 <= self.micro_min_fraction <= 1.0:
@@ -214,9 +225,16 @@ class Cluster:
     members: tuple[int, ...]  # indices into the samples given to ``analyse``
 
 
-def analyse(samples: Sequence[bytes], options: RegionOptions = RegionOptions()) -> list[Cluster]:
+def analyse(
+    samples: Sequence[bytes],
+    options: RegionOptions = RegionOptions(),
+    answers: Sequence[bytes | None] | None = None,
+) -> list[Cluster]:
     """Region analysis of one state's requests (see the module docstring).
 
+    ``answers`` (optional, one per sample, None where unknown) are what the
+    server answered to each: only used to link requests just past the cut
+    whose answers have one shape (``_link_by_answers``).
     Deterministic and independent of the order of ``samples``; output
     sorted by size (largest first), then specificity, then pattern.
     """
@@ -227,9 +245,10 @@ def analyse(samples: Sequence[bytes], options: RegionOptions = RegionOptions()) 
         return []
     uniq = _select(occurrences, options.max_samples)
     weights = np.array([len(occurrences[u]) for u in uniq], dtype=np.int64)
+    forms = _answer_shapes(uniq, occurrences, answers)
     budget = _Budget(options.max_clusters)
     found: list[tuple[Pattern, np.ndarray]] = []
-    for leaves, plan in _macroclusters(uniq, weights, options):
+    for leaves, plan in _macroclusters(uniq, weights, options, forms):
         if budget.remaining <= 0:
             break
         budget.take()
@@ -269,8 +288,29 @@ def _select(occurrences: dict[bytes, list[int]], limit: int) -> list[bytes]:
 Plan = list[tuple[int, int, int]]  # (child a, child b, new node) merges, in order
 
 
+def _answer_shapes(
+    uniq: list[bytes],
+    occurrences: dict[bytes, list[int]],
+    answers: Sequence[bytes | None] | None,
+) -> list[bytes | None] | None:
+    """Per distinct request, the one shape of every answer it got (None: no answer
+    known, or answers of several shapes: nothing to link on)."""
+    if answers is None:
+        return None
+    if len(answers) != sum(len(v) for v in occurrences.values()):
+        raise ValueError("analyse: one answer (or None) per sample")
+    out: list[bytes | None] = []
+    for u in uniq:
+        seen = {None if answers[i] is None else shape(answers[i]) for i in occurrences[u]}
+        out.append(seen.pop() if len(seen) == 1 else None)
+    return out
+
+
 def _macroclusters(
-    uniq: list[bytes], weights: np.ndarray, options: RegionOptions
+    uniq: list[bytes],
+    weights: np.ndarray,
+    options: RegionOptions,
+    forms: list[bytes | None] | None = None,
 ) -> list[tuple[list[int], Plan]]:
     """Flat clusters of at least ``min_cluster_size`` requests and their merge trees."""
     n = len(uniq)
@@ -280,9 +320,11 @@ def _macroclusters(
     dist = process.cdist(
         reps, reps, scorer=Indel.normalized_distance, dtype=np.float32, workers=options.workers
     )
-    dist = np.maximum(dist, dist.T)
+    dist = np.maximum(dist, dist.T).astype(np.float64)
     np.fill_diagonal(dist, 0.0)
-    tree = linkage(squareform(dist, checks=False).astype(np.float64), method=options.linkage)
+    if forms is not None:
+        _link_by_answers(dist, uniq, forms, options)
+    tree = linkage(squareform(dist, checks=False), method=options.linkage)
     leaves: dict[int, list[int]] = {i: [i] for i in range(n)}
     plans: dict[int, Plan] = {i: [] for i in range(n)}
     for k, (a, b, height, _) in enumerate(tree):
@@ -296,6 +338,60 @@ def _macroclusters(
         if int(weights[leaves[node]].sum()) >= options.min_cluster_size:
             out.append((leaves[node], plans[node]))
     return out
+
+
+def _link_by_answers(
+    dist: np.ndarray, uniq: list[bytes], forms: list[bytes | None], options: RegionOptions
+) -> None:
+    """Bring to the cut (in place) the pairs just past it that differ in one field
+    and that the answers say are one kind.
+
+    Short requests whose argument is most of the message (``CMD docs`` /
+    ``CMD pub``) are farther apart than the cut although they are one
+    message with one free field; with few samples (online learning) each
+    then stays its own exact transition, and what follows it is learned
+    once per value. A pair is linked when its distance is at most
+    ``answer_link_distance``, it differs in one span only (``_one_span``:
+    behind a shared head of ``LINK_HEAD``+ bytes, before a shared tail) and
+    both requests got answers of one same shape (``scriptgen.model.shape``).
+    The requests alone cannot tell such a pair from two commands that differ
+    in one word after a shared framing; the answers can (a stored value and
+    a count differ in shape). Several differing spans are never linked:
+    different commands with different arguments can share an answer shape
+    (a number). Linked at the cut, a pair still stays apart when the rest of
+    the tree (average linkage) pulls it apart.
+    """
+    if options.answer_link_distance <= options.distance_threshold:
+        return
+    band = (dist > options.distance_threshold) & (dist <= options.answer_link_distance)
+    rows, cols = np.nonzero(np.triu(band, k=1))
+    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
+        if forms[i] is not None and forms[i] == forms[j] and _one_span(uniq[i], uniq[j]):
+            dist[i, j] = dist[j, i] = options.distance_threshold
+
+
+def _one_span(a: bytes, b: bytes) -> bool:
+    """``a`` and ``b`` share a head of ``LINK_HEAD``+ bytes and a non-empty tail, and
+    differ only in the bytes between, no more of them than the bytes shared."""
+    head = _common_head(a, b)
+    if head < LINK_HEAD:
+        return False
+    rest = min(len(a), len(b)) - head
+    tail = _common_head(a[len(a) - rest :][::-1], b[len(b) - rest :][::-1]) if rest else 0
+    shared = head + tail
+    return tail >= 1 and max(len(a), len(b)) - shared <= shared
+
+
+def _common_head(a: bytes, b: bytes) -> int:
+    """Length of the common prefix (binary search on slice equality: C-speed compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _align(

@@ -105,8 +105,8 @@ def default_analyser(region_options: Any) -> Analyser:
     """Region analysis with its options bound (imported late: it pulls numpy/scipy)."""
     from scriptgen.learn.regions import analyse
 
-    def run(samples: Sequence[bytes]) -> Sequence[Any]:
-        return analyse(samples, region_options)
+    def run(samples: Sequence[bytes], answers: Sequence[bytes | None]) -> Sequence[Any]:
+        return analyse(samples, region_options, answers)
 
     return run
 
