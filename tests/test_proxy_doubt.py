@@ -220,9 +220,9 @@ def test_a_host_that_refuses_leaves_no_empty_recording_behind(tmp_path: Path) ->
     from twisted.internet import error
     from twisted.python.failure import Failure
 
-    proxy, _connects, events, learned, _ = make(tmp_path, doubt_samples=8)
+    proxy, _connects, events, learned, _ = make(tmp_path, doubt_samples=8, host_backoff=0)
     machine = _machine(2, {b"331 password?\r\n": 1, b"530 no\r\n": 1})
-    for port in range(4000, 4005):
+    for port in range(4000, 4005):  # host_backoff = 0: the dead host is tried every time
         tap = proxy.attach(ResumingProto(machine, "127.0.7.5", port))
         assert tap.doubt(_step(machine, b"USER ann\r\n"))
         tap.connect_failed(Failure(error.ConnectionRefusedError()))

@@ -76,7 +76,11 @@ def run_all(emu: Emulator, cmds: list[tuple[list[str], str | None]]) -> list[str
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    emu = start_emulator(tmp_path_factory.mktemp("proxy-redis"), "tcp/6379=0", expiry=1.0)
+    # The pool host is stopped (doubted requests refused) and started again from one
+    # test to the next: no back-off for it (dead hosts: test_proxy_dead_host.py).
+    emu = start_emulator(
+        tmp_path_factory.mktemp("proxy-redis"), "tcp/6379=0", expiry=1.0, host_backoff=0
+    )
     yield emu
     stop_emulator(emu)
     assert tracebacks(emu) == []

@@ -61,21 +61,25 @@ class FakeProto:
         self.closed = reason
 
 
-def make(tmp: Path, **cfg: Any) -> tuple[Proxy, list, list, list, Clock]:
+def make(
+    tmp: Path, clock: Any = None, connect: Any = None, **cfg: Any
+) -> tuple[Proxy, list, list, list, Any]:
+    """A proxy on fakes; ``connect`` (default: note the host and port) and ``clock``
+    (default: a new Clock) can be the caller's."""
     connects: list[tuple[str, int]] = []
     events: list[tuple[str, dict]] = []
     learned: list = []
-    clock = Clock()
-    config = ProxyConfig(enabled=True, pool=("127.0.0.9",), spool=tmp, **cfg)
+    clock = Clock() if clock is None else clock
+    config = ProxyConfig(enabled=True, spool=tmp, **{"pool": ("127.0.0.9",), **cfg})
 
-    def connect(host: str, port: int, factory: Any, timeout: float) -> None:
+    def noted(host: str, port: int, factory: Any, timeout: float) -> None:
         connects.append((host, port))
 
     proxy = Proxy(
         config,
         lambda eid, where=None, **f: events.append((eid, f)),
         clock,
-        connect,
+        noted if connect is None else connect,
         Spool(tmp),
         learned.extend,
     )
@@ -152,6 +156,8 @@ def test_host_timeout_releases_the_source(tmp_path: Path) -> None:
     assert proxy.pool.free == ["127.0.0.9"]  # released at once: the emulator serves it again
     other = FakeProto(machine(), "127.0.0.6", 4000)
     tap2 = proxy.attach(other)
+    assert not proxy.take_over(tap2, b"HELLO\r\n")  # the host is down for host_backoff
+    clock.advance(10)
     assert proxy.take_over(tap2, b"HELLO\r\n")
     clock.advance(5)  # never connected, never refused: the deadline
     assert other.closed == "proxy_host_timeout"

@@ -53,6 +53,8 @@ class ProxyConfig:
     expiry: float = 300.0
     spool: Path = Path("var/proxy")  # recordings: pending, learned, failed
     connect_timeout: float = 5.0
+    host_backoff: float = 10.0  # a host that refused or timed out: skipped so long (0: off)
+    host_backoff_max: float = 600.0  # ... doubled at each failure in a row, up to this
     replay_quiet: float = 0.5  # host quiet this long: its replayed answer is complete
     replay_timeout: float = 30.0  # connecting plus replaying one connection, at most
     replay_similarity: float = 0.3  # replayed answer vs emulated answer, at least
@@ -258,6 +260,8 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "expiry": _float(0.1),
         "spool": _path,
         "connect_timeout": _float(0.01),
+        "host_backoff": _float(0.0),
+        "host_backoff_max": _float(0.0),
         "replay_quiet": _float(0.01),
         "replay_timeout": _float(0.01),
         "replay_similarity": _fraction,

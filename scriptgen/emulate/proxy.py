@@ -27,6 +27,9 @@ Decisions (see docs/proxy.md):
 * Failures close the client connection (never a hang): ``pool_exhausted``
   and ``over_limit`` fall back to the ``on_unmatched`` policy instead,
   since nothing was sent to a host yet.
+* Dead hosts: a host that refused or never accepted is skipped by allocation
+  for ``host_backoff`` seconds, doubled at each further failure up to
+  ``host_backoff_max``; every host down is ``pool_exhausted``.
 """
 
 from __future__ import annotations
@@ -110,14 +113,50 @@ def similar(expected: bytes, got: bytes, threshold: float) -> float | None:
 
 
 class Pool:
-    """The configured hosts; one source per host at a time."""
+    """The configured hosts; one source per host at a time.
 
-    def __init__(self, hosts: tuple[str, ...]) -> None:
+    A host that refused or did not accept in time is *down* for a back-off
+    period and not allocated meanwhile. Why: each try costs a doubted request
+    ``connect_timeout`` seconds before the emulator answers it (a blackholed
+    host: 5 s every time), and an unmatched one a closed connection.
+    """
+
+    def __init__(
+        self, hosts: tuple[str, ...], backoff: float = 0.0, backoff_max: float = 0.0
+    ) -> None:
         self.hosts = hosts
         self.free = list(hosts)
+        self.backoff = backoff  # seconds down after a first failure (0: never down)
+        self.backoff_max = max(backoff, backoff_max)
+        self.down: dict[str, tuple[float, int]] = {}  # host -> (down until, failures in a row)
 
-    def allocate(self) -> str | None:
-        return self.free.pop(0) if self.free else None
+    def allocate(self, now: float = 0.0) -> str | None:
+        """The first free host that is not down (None: none)."""
+        for host in self.free:
+            if self.down.get(host, (0.0, 0))[0] <= now:
+                self.free.remove(host)
+                return host
+        return None
+
+    def down_now(self, now: float) -> list[str]:
+        return [h for h, (until, _) in self.down.items() if until > now]
+
+    def failed(self, host: str, now: float) -> tuple[float, int] | None:
+        """The host is unusable: (seconds it is now down for, failures in a row), or
+        None when back-off is off or it is down already (another connection's try)."""
+        if self.backoff <= 0 or host not in self.hosts:
+            return None
+        until, failures = self.down.get(host, (0.0, 0))
+        if until > now:
+            return None
+        failures += 1
+        seconds = min(self.backoff * 2.0 ** min(failures - 1, 40), self.backoff_max)
+        self.down[host] = (now + seconds, failures)
+        return seconds, failures
+
+    def working(self, host: str) -> int:
+        """The host accepted a connection: failures in a row before it (0: none)."""
+        return self.down.pop(host, (0.0, 0))[1]
 
     def release(self, host: str) -> None:
         if host in self.hosts and host not in self.free:
@@ -318,6 +357,7 @@ class Tap:
         self._deadline = self.proxy.clock.callLater(cfg.replay_timeout, self._timed_out)
 
     def connected(self, upstream: Upstream) -> None:
+        self.proxy.host_working(self)
         if self.mode != CONNECTING:
             upstream.transport.abortConnection()  # the client left meanwhile
             return
@@ -489,7 +529,7 @@ class Proxy:
         self.limit_hit = limit_hit
         self.listen_udp = listen_udp  # an ephemeral UDP socket for a relayed flow
         self.udp = UdpProxy(self)
-        self.pool = Pool(config.pool)
+        self.pool = Pool(config.pool, config.host_backoff, config.host_backoff_max)
         self.sources: dict[str, Source] = {}
         self.buffered = 0
         self.relayed = 0
@@ -550,9 +590,15 @@ class Proxy:
             self.emit("scriptgen.proxy.failed", tap.proto.where, reason="buffer_overflow")
             return False
         if source.host is None:
-            host = self.pool.allocate()
+            host = self.pool.allocate(self.clock.seconds())
             if host is None:
-                self.emit("scriptgen.proxy.failed", tap.proto.where, reason="pool_exhausted")
+                down = len(self.pool.down_now(self.clock.seconds()))
+                self.emit(
+                    "scriptgen.proxy.failed",
+                    tap.proto.where,
+                    reason="pool_exhausted",
+                    **({"hosts_down": down} if down else {}),
+                )
                 return False
             source.host = host
             source.recording = self.spool.new(source.ip, host)
@@ -624,7 +670,22 @@ class Proxy:
         if reason in ("host_refused", "host_timeout") and source.host is not None:
             busy = [t for t in source.taps if t is not tap and t.mode in (REPLAYING, RELAYING)]
             if not busy:  # the host is unusable: the emulator serves this source again
+                self._host_down(tap, source.host, reason)
                 self.release(source, reason)
+
+    def _host_down(self, tap: Tap, host: str, reason: str) -> None:
+        """Skip a host that refused or never accepted for its back-off period."""
+        down = self.pool.failed(host, self.clock.seconds())
+        if down is not None:
+            seconds, failures = down
+            self.emit("scriptgen.proxy.host_down", tap.proto.where, host=host, reason=reason,
+                      failures=failures, seconds=seconds)  # fmt: skip
+
+    def host_working(self, tap: Tap) -> None:
+        """The source's host accepted a connection: it is not down any more."""
+        host = tap.source.host
+        if host is not None and self.pool.working(host):
+            self.emit("scriptgen.proxy.host_up", tap.proto.where, host=host)
 
     def new_flow(self, tap: Tap) -> Flow | None:
         rec = tap.source.recording
