@@ -289,6 +289,28 @@ def test_no_exceptions_without_answers_or_lengths_that_differ(args, answers) -> 
     assert split_by_answer(m, dialogs) == {}
 
 
+def test_no_exceptions_when_an_id_makes_every_request_new() -> None:
+    """A 2-byte field new in every request (a query id) means the exact requests never
+    come again: exceptions would only grow the model."""
+    pattern = Pattern(
+        (Region.mutating(2, 2), Region(b" "), Region.mutating(0, 32), Region(b"\r\n"))
+    )
+    m = Machine("tcp", 7000)
+    m.states[0].transitions.append(Transition(pattern, m.new_state().id))
+    names = (b"www", b"mail", b"files")
+    dialogs = [
+        Dialog("tcp", 7000, b"", Suffix((Turn(b"%02d %s\r\n" % (i, n), b"A %d\r\n" % i),)))
+        for i, n in enumerate(names)
+    ]
+    Learner(m, lambda requests, answers: []).add(dialogs)
+    assert split_by_answer(m, dialogs) == {}
+    same_id = [
+        Dialog("tcp", 7000, b"", Suffix((Turn(b"07 %s\r\n" % n, b"A %d\r\n" % i),)))
+        for i, n in enumerate(names)
+    ]
+    assert len(split_by_answer(m, same_id)) == 3  # without the id: exceptions
+
+
 def test_a_large_transition_keeps_no_exceptions() -> None:
     """Exceptions are for the few requests of online learning: from ``EXCEPTION_ROWS``
     requests on, only values that recur may split (module doc)."""

@@ -40,8 +40,10 @@ ftp 0.996 -> 0.996, others unchanged. Copying the splits was needed to keep
 requests where no region's values recur (online learning: each argument
 seen once) can still hold requests with different answers (``SIZE`` of two
 files). When a region's values vary in length among the requests (names,
-keys, paths: not only ids, counters or lengths, whose width is fixed), each
-request whose answer differs from another's
+keys, paths: not only ids, counters or lengths, whose width is fixed) and
+no fixed-width field of 2+ bytes is new in every request (an id: the
+request would never come again), each request whose answer differs from
+another's
 (``_differing``, single requests counted) gets an exact sub-transition
 (flagged ``verbatim``, like the learner's leftovers: content inference
 walks past it, so the generic state keeps its samples): the request seen
@@ -228,6 +230,8 @@ def _exceptions(
     ks = tuple(k for k, region in enumerate(pattern.regions) if not region.is_fixed)
     if not any(len({len(_value(row, k)) for row in rows}) > 1 for k in ks):
         return None
+    if any(_id_like(pattern.regions[k], [_value(row, k) for row in rows]) for k in ks):
+        return None  # the exact request will not come again
     groups: dict[Key, list[_Row]] = defaultdict(list)
     for row in rows:
         key = tuple(_value(row, k) for k in ks)
@@ -235,6 +239,12 @@ def _exceptions(
             groups[key].append(row)
     differing = _differing(groups)
     return (ks, differing) if differing else None
+
+
+def _id_like(region: Region, values: Sequence[bytes]) -> bool:
+    """A fixed-width field of 2+ bytes with a new value in every request: an id drawn
+    per connection or message (a query id, a process id), so no request recurs."""
+    return region.min_len == region.max_len >= 2 and len(set(values)) == len(values)
 
 
 def _value(row: _Row, k: int) -> bytes:
