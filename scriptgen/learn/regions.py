@@ -12,6 +12,10 @@ fullmatches every member:
 2. *macroclustering*: ``scipy.cluster.hierarchy.linkage`` (``linkage``,
    average by default) cut at ``distance_threshold``; clusters holding fewer
    than ``min_cluster_size`` requests are dropped (they stay in the bucket).
+   When the caller passes the answers, a pair just past the cut (up to
+   ``answer_link_distance``) that differs in one span behind a shared head
+   and got answers of one shape is brought to the cut first
+   (``_link_by_answers``: ``CWD docs`` / ``CWD pub`` are 0.37 apart).
 3. *alignment*: per cluster, a progressive multiple alignment along the
    clustering tree (``scriptgen.learn.align``); columns where every request
    has the same byte are fixed, others mutating; fixed islands shorter than
