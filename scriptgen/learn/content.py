@@ -39,6 +39,11 @@ Method, per state (nothing here knows a protocol):
    samples, or values that never varied there), when it holds in all of
    their samples.
 
+Bytes a session signal says name the port it opens (``announce``, see
+``scriptgen.learn.sessions``) are left alone: a port drawn per answer looks
+random here, but drawing digits afresh announces a port nobody serves; the
+emulator draws a served one and writes it there itself.
+
 States reached by several paths (merged states): only requests whose
 pattern every sample shares are searched, and request links carry
 ``groups``, the number of regions of that pattern, so the emulator skips
@@ -79,6 +84,7 @@ from typing import Any
 import numpy as np
 
 from scriptgen.learn.dialog import Dialog
+from scriptgen.learn.sessions import announce_span
 from scriptgen.model import Machine, Pattern, State
 
 
@@ -649,13 +655,26 @@ def _server_values(
 # --- the whole machine ------------------------------------------------------
 
 
+def _not_announced(state: State) -> np.ndarray:
+    """Template bytes content inference may explain: all but those a session signal
+    says name the port it opens (scriptgen.learn.sessions). A port the server drew
+    per answer looks random here, but a random one is a port nobody serves; the
+    emulator draws and serves its own in that place."""
+    free = np.ones(len(state.answer), dtype=bool)
+    for signal in state.signals:
+        span = announce_span(signal)
+        if span is not None:
+            free[span[0] : span[1]] = False
+    return free
+
+
 def infer_state(state: State, samples: list[Sample], opts: ContentOptions) -> list[dict[str, Any]]:
     """The dependencies of one state's template from the samples that reached it."""
     template = state.answer
     if not template or not samples or len(template) > opts.max_len:
         return []
     shape = _find_varcopies(template, samples, opts)
-    free = np.ones(len(template), dtype=bool)
+    free = _not_announced(state)
     for dep in shape.varcopies:
         free[dep["at"] : dep["at"] + dep["len"]] = False
     deps = list(shape.varcopies)
@@ -726,7 +745,7 @@ def _borrow(
         if not state.answer:
             continue
         deps = inferred.setdefault(sid, [])
-        taken = np.zeros(len(state.answer), dtype=bool)
+        taken = ~_not_announced(state)
         for dep in deps:
             taken[dep["at"] : dep["at"] + dep.get("len", dep.get("width", 0))] = True
         for key in proven:

@@ -40,6 +40,16 @@ Rule (why each part, see docs/session-dependencies.md):
 
 * The signal lasts ``for`` = ``margin`` × the longest observed delay between
   the trigger and the B connection, at least ``min_for``, at most ``window``.
+* *Drawn per answer* (passive ports from a range): per emitting machine, if
+  every connection some states triggered was named by the answer that state
+  gave in that very conversation, at one place of it, while it was open,
+  and those connections went to ``min_ports`` different ports (``min_samples``
+  in all, counted per machine: such ports spread over many sibling states),
+  each such state gets a signal with ``"announce": {"at", "len", "form"}``:
+  where its answer spells the port. Its ``opens`` is the learned port whose
+  machine reproduces most of that state's own connections. The emulator
+  draws a free port there per answer; content inference leaves those bytes
+  alone (they would otherwise be "random": a port nobody serves).
 
 Nothing here knows any protocol; everything is counted from the captures.
 """
@@ -54,7 +64,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from scriptgen.learn.dialog import to_dialog
-from scriptgen.model import Machine
+from scriptgen.model import Machine, State
 from scriptgen.trace.types import Conversation, Direction, Outcome
 
 Key = tuple[str, int]
@@ -70,8 +80,10 @@ class SessionOptions:
     min_sources: int = 1  # distinct source addresses among them
     margin: float = 2.0  # signal duration = margin × longest observed delay
     min_for: float = 5.0  # shortest signal duration written
+    min_ports: int = 2  # distinct ports an answer must have announced to be "drawn per answer"
     max_contacts: int = 200_000  # connections remembered per training run (bound)
-    max_request_bytes: int = 64 * 1024 * 1024  # request bytes remembered in total (bound)
+    max_request_bytes: int = 64 * 1024 * 1024  # request + answer bytes remembered (bound)
+    max_answer_bytes: int = 1024  # first bytes of each answer kept (announcements are short)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +101,8 @@ class Contact:
     end: float = 0.0
     requests: tuple[bytes, ...] = ()
     times: tuple[float, ...] = ()  # when each request started (same length as requests)
+    # The banner, then the answer to each request (first max_answer_bytes of each).
+    answers: tuple[bytes, ...] = ()
 
     @property
     def key(self) -> Key:
@@ -103,6 +117,7 @@ class Reach:
     key: Key
     state: int
     until: float  # when the conversation that reached it ended
+    answer: bytes = b""  # what the server said on reaching it, in that conversation
 
 
 @dataclass
@@ -118,9 +133,12 @@ class Finding:
     sources: int
     refused: int  # of those, preceded by a refused/unanswered attempt
     max_delay: float
+    # Where the state's answer names the port it opens, when the server drew that
+    # port per answer: {"at", "len", "form"} (the emulator draws its own there).
+    announce: dict[str, Any] | None = None
 
     def signal(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": SIGNAL_KIND,
             "opens": f"{self.target[0]}/{self.target[1]}",
             "for": round(self.duration, 3),
@@ -130,6 +148,9 @@ class Finding:
             "refused": self.refused,
             "max_delay": round(self.max_delay, 6),
         }
+        if self.announce is not None:
+            out["announce"] = dict(self.announce)
+        return out
 
 
 @dataclass
@@ -190,11 +211,18 @@ class SessionRecorder:
         accepted = conv.outcome not in (Outcome.REFUSED, Outcome.UNANSWERED)
         requests: tuple[bytes, ...] = ()
         times: tuple[float, ...] = ()
+        answers: tuple[bytes, ...] = ()
         if accepted:
             got = to_dialog(conv)
-            if not isinstance(got, str):
+            if got == "no-messages":
+                answers = (b"",)  # the server said nothing (nor did the client)
+            elif not isinstance(got, str):
                 requests = tuple(t.request for t in got.suffix.turns)
-                size = sum(len(r) for r in requests)
+                cut = self.options.max_answer_bytes
+                answers = tuple(
+                    a[:cut] for a in (got.banner, *(t.answer for t in got.suffix.turns))
+                )
+                size = sum(len(r) for r in requests) + sum(len(a) for a in answers)
                 if self._bytes + size > self.options.max_request_bytes:
                     self.dropped += 1
                     return
@@ -210,6 +238,7 @@ class SessionRecorder:
                 max(conv.end, conv.start),
                 requests,
                 times,
+                answers,
             )
         )
 
@@ -221,20 +250,55 @@ def reaches_of(contact: Contact, machine: Machine | None) -> list[Reach]:
     """The states an accepted contact reached, with times (root at connect)."""
     if machine is None or not contact.accepted:
         return []
-    found = [Reach(contact.start, contact.key, machine.root, contact.end)]
+    said = contact.answers
+    found = [Reach(contact.start, contact.key, machine.root, contact.end, said[0] if said else b"")]
     for i, (state, transition) in enumerate(machine.walk(contact.requests)):
         if transition is None:
             break
-        found.append(Reach(contact.times[i], contact.key, state.id, contact.end))
+        answer = said[i + 1] if i + 1 < len(said) else b""
+        found.append(Reach(contact.times[i], contact.key, state.id, contact.end, answer))
     return found
+
+
+FORMS = ("decimal", "pair")  # how an answer spells a port: 40000, or 156,64
+
+
+def port_text(port: int, form: str) -> bytes:
+    """``port`` spelt in ``form`` (the emulator writes a drawn port the same way)."""
+    return str(port).encode() if form == "decimal" else f"{port >> 8},{port & 0xFF}".encode()
+
+
+def announced_at(answer: bytes, port: int) -> set[tuple[str, int]]:
+    """(form, offset) of every place ``answer`` names ``port`` (not inside a longer number)."""
+    found = set()
+    for form in FORMS:
+        text = re.escape(port_text(port, form))
+        for m in re.finditer(rb"(?<![0-9])" + text + rb"(?![0-9])", answer):
+            found.add((form, m.start()))
+    return found
+
+
+def read_port(answer: bytes, at: int, form: str) -> tuple[int, int] | None:
+    """(port, length) when ``answer`` spells a port in ``form`` right at ``at``, else None."""
+    if not 0 <= at < len(answer) or (at and answer[at - 1 : at].isdigit()):
+        return None
+    shape = rb"[0-9]{1,5}" if form == "decimal" else rb"[0-9]{1,3},[0-9]{1,3}"
+    m = re.compile(shape + rb"(?![0-9])").match(answer, at)
+    if m is None:
+        return None
+    if form == "decimal":
+        port = int(m.group())
+    else:
+        high, low = (int(x) for x in m.group().split(b","))
+        port = high * 256 + low if high < 256 and low < 256 else 0
+    if not 0 < port <= 65535 or port_text(port, form) != m.group():
+        return None  # out of range, or not how the port is spelt (leading zeros)
+    return port, len(m.group())
 
 
 def announces(answer: bytes, port: int) -> bool:
     """True when ``answer`` names ``port`` as decimal text or as two decimal bytes."""
-    for form in (str(port), f"{port >> 8},{port & 0xFF}"):
-        if re.search(rb"(?<![0-9])" + re.escape(form.encode()) + rb"(?![0-9])", answer):
-            return True
-    return False
+    return bool(announced_at(answer, port))
 
 
 def _state_answers(machine: Machine, sid: int) -> list[bytes]:
@@ -287,6 +351,8 @@ def infer(
     for target in sorted(by_target):
         if any(c.accepted for items in by_target[target].values() for c in items):
             _infer_target(target, by_target[target], reaches, times, machines, options, report)
+    drawn = _infer_drawn(_Walks(by_source, reaches, times), machines, options, report)
+    _merge_drawn(report.findings, drawn)
     return report
 
 
@@ -429,6 +495,188 @@ def _contradictions(
     return count
 
 
+# --- ports drawn per answer -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Told:
+    """An accepted connection and where the answer that triggered it named its port."""
+
+    port: int
+    source: str
+    delay: float
+    during: bool  # started while the triggering conversation was still open
+    spots: frozenset[tuple[str, int]]  # (form, offset) in that answer
+    contact: Contact  # the connection itself: what it carried
+
+
+def _told(walks: _Walks, window: float) -> tuple[dict[tuple[Key, int], list[_Told]], set[int]]:
+    """Every accepted TCP connection under the state that triggered it, and the ports
+    that are no evidence (refused once, or accepted once without a cause)."""
+    told: dict[tuple[Key, int], list[_Told]] = defaultdict(list)
+    spoilt: set[int] = set()
+    for source, items in walks.by_source.items():
+        for c in items:
+            if c.protocol != "tcp":
+                continue
+            trig = None
+            if c.accepted:
+                trig = _trigger(walks.reaches[source], walks.times[source], c.key, c.start, window)
+            if trig is None:
+                spoilt.add(c.port)
+                continue
+            spots = frozenset(announced_at(trig.answer, c.port))
+            told[(trig.key, trig.state)].append(
+                _Told(c.port, source, c.start - trig.time, c.start <= trig.until, spots, c)
+            )
+    return told, spoilt
+
+
+def _place(
+    machine: Machine | None, sid: int, items: list[_Told], spoilt: set[int]
+) -> tuple[str, int, int, int] | None:
+    """(form, offset, length, port) where the state's template names a port at the place
+    every answer it gave named the port then connected to; None unless every connection
+    the state triggered was announced so, while its conversation was open."""
+    if machine is None or sid not in machine.states:
+        return None
+    if not all(t.during and t.spots and t.port not in spoilt for t in items):
+        return None
+    common = frozenset.intersection(*(t.spots for t in items))
+    template = machine.states[sid].answer
+    for form, at in sorted(common, key=lambda x: (x[1], x[0])):
+        got = read_port(template, at, form)
+        if got is not None:
+            return form, at, got[1], got[0]
+    return None
+
+
+@dataclass(frozen=True)
+class _Walks:
+    """Per source: its contacts, the states they reached, and the reach times."""
+
+    by_source: dict[str, list[Contact]]
+    reaches: dict[str, list[Reach]]
+    times: dict[str, list[float]]
+
+
+def _infer_drawn(
+    walks: _Walks, machines: Mapping[Key, Machine], options: SessionOptions, report: SessionReport
+) -> list[Finding]:
+    """States whose answer names a port the server drew per answer (several ports,
+    each connected to right after its announcement): the place it is named, and the
+    learned port whose machine serves what is drawn in its stead.
+
+    Thresholds are per emitting machine (the ports spread over many sibling states,
+    each seen once or twice): ``min_samples`` connections, ``min_sources`` sources,
+    ``min_ports`` distinct ports.
+    """
+    told, spoilt = _told(walks, options.window)
+    places: dict[Key, list[tuple[int, tuple[str, int, int, int], list[_Told]]]] = defaultdict(list)
+    for (key, sid), items in sorted(told.items()):
+        place = _place(machines.get(key), sid, items, spoilt)
+        if place is not None:
+            places[key].append((sid, place, items))
+    found: list[Finding] = []
+    for key, states in sorted(places.items()):
+        items = [t for _, _, ts in states for t in ts]
+        ports = {t.port for t in items}
+        sources = {t.source for t in items}
+        if (
+            len(items) < options.min_samples
+            or len(sources) < options.min_sources
+            or len(ports) < options.min_ports
+        ):
+            report.rejections.append(
+                Rejection(
+                    key,
+                    f"answers of {key[0]}/{key[1]} announced {len(items)} connections to "
+                    f"{len(ports)} ports from {len(sources)} sources: too few to draw ports",
+                )
+            )
+            continue
+        max_delay = max(t.delay for t in items)
+        duration = min(max(options.margin * max_delay, options.min_for), options.window)
+        family = sorted({t.port for t in items if ("tcp", t.port) in machines} - spoilt)
+        for sid, (form, at, length, named), ts in states:
+            served = _served(named, ts, family, machines, spoilt, options.max_answer_bytes)
+            if served is None:
+                continue
+            found.append(
+                Finding(
+                    key,
+                    sid,
+                    ("tcp", served),
+                    duration,
+                    "announced",
+                    len(ts),
+                    len({t.source for t in ts}),
+                    0,
+                    max(t.delay for t in ts),
+                    {"at": at, "len": length, "form": form},
+                )
+            )
+    return found
+
+
+def _served(
+    named: int,
+    items: list[_Told],
+    family: list[int],
+    machines: Mapping[Key, Machine],
+    spoilt: set[int],
+    cut: int,
+) -> int | None:
+    """The learned port whose machine serves the port drawn for this state.
+
+    Each drawn port's machine is learned from the few connections that happened
+    to get that number, so it may answer what another state's connection
+    carried. Preferred: the machine (among all ports of the family) that
+    reproduces most of this state's own connections; then the port the template
+    names; then the state's most used port (a port whose connections carried no
+    byte has no machine).
+    """
+    score = {
+        p: sum(_reproduces(machines[("tcp", p)], t.contact, cut) for t in items) for p in family
+    }
+    best = max(score.values(), default=0)
+    if best > 0:
+        ties = [p for p in family if score[p] == best]
+        return named if named in ties else ties[0]
+    if ("tcp", named) in machines and named not in spoilt:
+        return named
+    counts: dict[int, int] = defaultdict(int)
+    for t in items:
+        if ("tcp", t.port) in machines:
+            counts[t.port] += 1
+    if not counts:
+        return None
+    return min(counts, key=lambda p: (-counts[p], p))
+
+
+def _reproduces(machine: Machine, contact: Contact, cut: int) -> bool:
+    """True when ``machine`` walks ``contact``'s requests giving the answers it got
+    (compared on the ``cut`` first bytes of each, all the recorder kept)."""
+    said = contact.answers
+    if not said or machine.states[machine.root].answer[:cut] != said[0]:
+        return False
+    for i, (state, transition) in enumerate(machine.walk(contact.requests)):
+        if transition is None or i + 1 >= len(said) or state.answer[:cut] != said[i + 1]:
+            return False
+    return True
+
+
+def _merge_drawn(findings: list[Finding], drawn: list[Finding]) -> None:
+    """A drawn-port place joins the per-port finding of the same state and port, if any."""
+    same = {(f.key, f.state, f.target): f for f in findings}
+    for d in drawn:
+        f = same.get((d.key, d.state, d.target))
+        if f is not None:
+            f.announce = d.announce
+        else:
+            findings.append(d)
+
+
 # --- writing into the model -------------------------------------------------
 
 
@@ -456,11 +704,46 @@ def apply(findings: Iterable[Finding], machines: Mapping[Key, Machine]) -> int:
             new["max_delay"] = max(float(old.get("max_delay", 0)), new["max_delay"])
             if old.get("mode") == "refused":
                 new["mode"] = "refused"
+            if "announce" not in new and announce_span(old) is not None:
+                new["announce"] = old["announce"]
             state.signals.remove(old)
         state.signals.append(new)
+        _keep_announcement(state, announce_span(new))
         state.signals.sort(key=lambda s: (str(s.get("opens")), str(s.get("kind"))))
         changed += 1
     return changed
+
+
+def announce_span(signal: Any) -> tuple[int, int] | None:
+    """[start, end) of the answer bytes a signal says name its port, or None."""
+    place = signal.get("announce") if isinstance(signal, dict) else None
+    if not isinstance(place, dict):
+        return None
+    at, length = place.get("at"), place.get("len")
+    if not isinstance(at, int) or not isinstance(length, int) or at < 0 or length <= 0:
+        return None
+    return at, at + length
+
+
+def _keep_announcement(state: State, span: tuple[int, int] | None) -> None:
+    """Content dependencies that rewrite the bytes naming the port are dropped: they would
+    announce a port nobody serves (content inference took the drawn port for a random
+    value); the emulator writes the port it draws there itself."""
+    if span is None:
+        return
+    lo, hi = span
+    state.dependencies = [
+        d for d in state.dependencies if not (isinstance(d, dict) and _overlaps(d, lo, hi))
+    ]
+
+
+def _overlaps(dep: dict[str, Any], lo: int, hi: int) -> bool:
+    try:
+        at = int(dep.get("at", -1))
+        size = int(dep.get("len", dep.get("width", 0)))
+    except (TypeError, ValueError):
+        return False
+    return at < hi and lo < at + size
 
 
 def parse_target(text: Any) -> Key | None:
