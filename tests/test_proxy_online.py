@@ -19,6 +19,9 @@ class _Spool:
         self.settled.append((path.name, learned))
         return path
 
+    def prune(self, spared: Any) -> None:
+        self.pruned = getattr(self, "pruned", 0) + 1
+
 
 def _worker(model_dir: str, files: list[str]) -> dict[str, Any]:
     """Fails on any batch holding bad.pcap; each good file touches its own port."""
@@ -58,6 +61,7 @@ def test_a_bad_file_fails_alone_and_every_port_of_the_others_is_reported(tmp_pat
     assert learned["new_transitions"] == 2
     assert len([e for e, _ in events if e == "scriptgen.proxy.signature"]) == 2
     assert reloads == [1]
+    assert spool.pruned == 1  # learned/ is pruned after the batch
 
 
 def test_region_keys_of_the_proxy_section_reach_the_learner_options(tmp_path: Path) -> None:

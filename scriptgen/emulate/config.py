@@ -64,6 +64,8 @@ class ProxyConfig:
     source_buffer_bytes: int = 1024 * 1024  # transcript bytes kept per source for a replay
     buffer_bytes: int = 64 * 1024 * 1024  # transcript bytes kept for all sources
     record_bytes: int = 64 * 1024 * 1024  # largest recording (pcap) per source allocation
+    keep_learned_bytes: int = 256 * 1024 * 1024  # spool learned/: oldest deleted beyond
+    keep_learned_files: int = 10000  # ... or beyond this many files
     learn: bool = True  # learn recordings online (off: keep them pending)
     doubt_samples: int = 8  # a matched transition with fewer, answers of several shapes: proxied
     relearn_bytes: int = 4 * 1024 * 1024  # recordings relearned with each batch (0: off)
@@ -271,6 +273,8 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "source_buffer_bytes": _int(0),
         "buffer_bytes": _int(0),
         "record_bytes": _int(1024),
+        "keep_learned_bytes": _int(0),
+        "keep_learned_files": _int(0),
         "learn": _bool,
         "doubt_samples": _int(0),
         "relearn_bytes": _int(0),

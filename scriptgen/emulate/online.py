@@ -382,6 +382,7 @@ class OnlineLearner:
         done = [p for p in batch if p not in failed and p.exists()]
         for p in done:
             self._settle(p, learned=True)
+        self.spool.prune(self._relearning)
         self.emit(
             "scriptgen.proxy.learned",
             files=[p.name for p in done],
@@ -397,6 +398,12 @@ class OnlineLearner:
             self.spool.settle(path, learned)
         except OSError as e:
             log.warn("scriptgen: cannot move {path}: {e}", path=str(path), e=str(e))
+
+    def _relearning(self) -> set[str]:
+        """Recordings the next relearning batch reads (kept by ``Spool.prune``)."""
+        if self.relearn_bytes <= 0:
+            return set()
+        return set(_read_history(self.spool.root / RELEARN_DIR)["recordings"])
 
     def _broken(self, failure: Any, batch: list[Path]) -> None:
         """Unexpected (the thread itself failed): keep the files pending for the next start."""

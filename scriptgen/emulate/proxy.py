@@ -530,6 +530,8 @@ class Proxy:
         self.listen_udp = listen_udp  # an ephemeral UDP socket for a relayed flow
         self.udp = UdpProxy(self)
         self.pool = Pool(config.pool, config.host_backoff, config.host_backoff_max)
+        # learned/ bounds: the proxy is what the [proxy] section configures the spool through
+        spool.retain(config.keep_learned_bytes, config.keep_learned_files)
         self.sources: dict[str, Source] = {}
         self.buffered = 0
         self.relayed = 0

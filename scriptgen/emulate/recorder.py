@@ -13,7 +13,7 @@ Life of a recording (one file per source allocation), in the spool dir::
 
     <name>.pcap.part   being written; packets reach the OS as soon as the writer runs
     <name>.pcap        closed (source released), pending: waiting to be learned
-    learned/<name>.pcap  learned and kept for the analyst
+    learned/<name>.pcap  learned and kept for the analyst (bounded: ``Spool.prune``)
     failed/<name>.pcap   the learner could not use it (kept, never retried)
 
 No file is touched on the reactor thread: packets are built there and queued
@@ -38,7 +38,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -485,6 +485,8 @@ class SpoolWriter:
         elif kind == "remove":
             os.unlink(op[1])
             self._log(op[2], op[3])
+        elif kind == "prune":
+            self._prune(op[1], op[2], op[3], op[4])
         elif kind == "marker":
             op[1].set()
 
@@ -558,6 +560,37 @@ class SpoolWriter:
         self._log(rec.path.parent, {"what": "pending", "file": done.name, "source": rec.source})
         self._call(d.callback, done)
 
+    def _prune(
+        self,
+        root: Path,
+        max_bytes: int | None,
+        max_files: int | None,
+        spared: Callable[[], Collection[str]],
+    ) -> None:
+        """learned/ back within its bounds: oldest first (a name starts with the UTC
+        time its recording started), sparing the names ``spared`` lists."""
+        keep = set(spared())
+        files = []
+        for path in sorted((root / "learned").glob("*" + DONE)):
+            try:
+                files.append((path, path.stat().st_size))
+            except OSError:
+                continue
+        total, count = sum(n for _, n in files), len(files)
+        for path, n in files:
+            if (max_bytes is None or total <= max_bytes) and (
+                max_files is None or count <= max_files
+            ):
+                break
+            if path.name in keep:
+                continue
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            total, count = total - n, count - 1
+            self._log(root, {"what": "pruned", "file": path.name, "bytes": n})
+
     def _log(self, root: Path, fields: dict[str, Any]) -> None:
         line = json.dumps({"ts": time.time(), **fields}) + "\n"
         try:
@@ -593,6 +626,8 @@ class Spool:
     ) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.keep_bytes: int | None = None  # learned/ bounds (None: unbounded), see retain
+        self.keep_files: int | None = None
         for sub in ("", "learned", "failed"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.disk = SpoolWriter(queue_bytes, opener, warn)
@@ -635,6 +670,23 @@ class Spool:
         what = "learned" if learned else "failed"
         self.disk.submit(("move", path, target, self.root, {"what": what, "file": path.name}))
         return target
+
+    def retain(self, max_bytes: int | None, max_files: int | None) -> None:
+        """Bound ``learned/`` in bytes and in files ([proxy] keep_learned_bytes and
+        keep_learned_files); ``prune`` applies the bounds."""
+        self.keep_bytes, self.keep_files = max_bytes, max_files
+
+    def prune(self, spared: Callable[[], Collection[str]] = frozenset) -> None:
+        """Delete the oldest learned recordings past the bounds, except the names
+        ``spared()`` returns (called on the writer thread: it may read files).
+
+        Why: every learned recording used to stay forever; a honeypot proxies
+        for months, and an attacker can make it record (up to ``record_bytes``
+        per allocation). Queued like every write, so it follows the moves
+        into ``learned/`` queued before it."""
+        if self.keep_bytes is None and self.keep_files is None:
+            return
+        self.disk.submit(("prune", self.root, self.keep_bytes, self.keep_files, spared))
 
     def discard(self, path: Path) -> None:
         """Delete a pending recording that holds nothing (no flow): a host that never
