@@ -4,6 +4,7 @@ the dialog and per back-off state."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -120,3 +121,33 @@ def test_spent_budget_is_a_match_timeout() -> None:
     assert budget.spent == 0.02
     budget.open(bytes(range(40)))  # equal bytes of another request: a budget of its own
     assert budget.spent == 0.0
+
+
+def test_a_datagram_and_its_back_off_states_share_one_budget() -> None:
+    """Dialog.datagram asks each state (current, then back-off) for the best rule;
+    each ask spends the budget of that datagram. A clock that says every regex
+    run took 1 s: a budget of 1.5 s allows two runs, so the root's matching rule
+    (a third run) is never reached; a bigger budget reaches it."""
+    ticks = itertools.count()
+
+    def clock() -> float:  # read before and after each run: 1 s per run
+        return float(next(ticks))
+
+    m = Machine("udp", 1)
+    one, two = m.new_state(), m.new_state()
+    general = Pattern((Region(b"Q"), Region.mutating(1, 10)))
+    m.states[m.root].transitions.append(Transition(general, one.id))
+    for state, nxt in ((one, two), (two, two)):
+        state.transitions.append(
+            Transition(Pattern((Region(b"Q"), Region.mutating(1, 5), Region(b"!"))), nxt.id)
+        )
+    for seconds, expected in ((1.5, Unmatched), (10.0, Matched)):
+        budget = Budget(seconds, clock)
+        states = {sid: StateIndex.build(s, 1.0, budget) for sid, s in m.states.items()}
+        d = Dialog(CompiledMachine(m, states, m.root, budget=budget), 1000, backoff=True)
+        assert isinstance(d.datagram(b"Q ab!"), Matched)  # root -> one
+        assert isinstance(d.datagram(b"Q cd!"), Matched)  # one -> two
+        step = d.datagram(b"Q yyy")  # no "!": only the root's general rule matches
+        assert isinstance(step, expected), (seconds, step)
+        if expected is Unmatched:
+            assert step.reason == "match_timeout"

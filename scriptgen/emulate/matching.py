@@ -59,18 +59,21 @@ class Budget:
     timeout per candidate rule, per pass of the dialog over them (whole
     match, splits, extensions) and per back-off state -- seconds of a stalled
     reactor. A judgement opens when ``CompiledMachine.cached`` misses and closes
-    at ``remember``; judging the same buffer object again (back-off at earlier
-    states, the final judgement after the settle delay or the request timeout)
-    goes on spending the same budget: a new request is a new buffer object.
+    at ``remember`` (a datagram: ``StateIndex.best`` called outside a
+    judgement opens and closes one); judging the same buffer object again
+    (back-off at earlier states, the final judgement after the settle delay or
+    the request timeout) goes on spending the same budget: a new request is a
+    new buffer object.
     Outside a judgement (live values of a match) only the per-evaluation
     timeout applies. Spent time, not a deadline, is kept: carrying a budget
     over costs nothing when the earlier judgement was cheap.
     """
 
-    __slots__ = ("seconds", "spent", "active", "_buffer")
+    __slots__ = ("seconds", "clock", "spent", "active", "_buffer")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, clock: Callable[[], float] = perf_counter) -> None:
         self.seconds = seconds
+        self.clock = clock
         self.spent = 0.0
         self.active = False
         self._buffer: bytes | None = None
@@ -142,13 +145,13 @@ class Rule:
         """One regex evaluation, bounded by its timeout and by the request's budget."""
         budget = self.budget
         timeout = budget.allowance(self.timeout)
-        started = perf_counter()
+        started = budget.clock()
         try:
             return run(timeout)
         except TimeoutError:
             raise MatchTimeout(self.pattern.describe()) from None
         finally:
-            budget.charge(perf_counter() - started)
+            budget.charge(budget.clock() - started)
 
     def match(self, data: bytes) -> Any:
         """The regex match (live values of the regions), for later stages; None on timeout."""
@@ -285,6 +288,7 @@ class StateIndex:
     rules: list[Rule]
     groups: list[tuple[int, int, int, dict[bytes, list[Rule]]]] = field(default_factory=list)
     floating: list[Rule] = field(default_factory=list)
+    budget: Budget = field(default_factory=lambda: Budget(MATCH_TIMEOUT))  # its rules' budget
 
     def __repr__(self) -> str:
         return f"StateIndex({self.id}, {len(self.rules)} rules)"
@@ -318,7 +322,7 @@ class StateIndex:
                 )
             )
             t.pattern.prepare()  # compile now (off the reactor thread), not at first use
-        index = cls(state.id, state.answer, state.end, rules)
+        index = cls(state.id, state.answer, state.end, rules, budget=budget)
         by_shape: dict[tuple[int, int, int], dict[bytes, list[Rule]]] = {}
         for rule in sorted(rules, key=lambda r: r.sort_key):
             if rule.anchor is None:
@@ -365,7 +369,20 @@ class StateIndex:
         return found
 
     def best(self, data: bytes, cands: list[Rule] | None = None) -> Rule | None:
-        """The most specific rule that fullmatches ``data`` (State.best_transition's answer)."""
+        """The most specific rule that fullmatches ``data`` (State.best_transition's answer).
+
+        Called outside a judgement (a datagram, at its state and back-off states),
+        it spends the budget of ``data`` (see ``Budget``)."""
+        budget = self.budget
+        if budget.active:
+            return self._best(data, cands)
+        budget.open(data)
+        try:
+            return self._best(data, cands)
+        finally:
+            budget.close()
+
+    def _best(self, data: bytes, cands: list[Rule] | None) -> Rule | None:
         for rule in self.candidates(data) if cands is None else cands:
             if rule.required not in data or rule.excluded(data):  # memmem before regex
                 continue
