@@ -225,6 +225,7 @@ class Gate:
         self.ready = False
         self._pending = _Batch()
         self._running = False
+        self.announcer: Any = None  # scriptgen.emulate.announce.Announcer: ports drawn per answer
 
     # --- life cycle ---
 
@@ -289,6 +290,8 @@ class Gate:
 
     def stop(self) -> None:
         """Drop the table (blocking, once, at shutdown) and cancel the expiry timers."""
+        if self.announcer is not None:
+            self.announcer.stop()
         for entry in self.open.values():
             if entry.timer is not None and entry.timer.active():
                 entry.timer.cancel()
@@ -327,6 +330,15 @@ class Gate:
         return False
 
     # --- signals ---
+
+    def announce(
+        self, where: Endpoint, state: int, signals: list[Any], answer: bytes
+    ) -> tuple[bytes, list[Any]]:
+        """Ports drawn for the signals whose answer names them (scriptgen.emulate.announce):
+        the answer naming them, and the signals left to :meth:`signal`."""
+        if self.announcer is None:
+            return answer, signals
+        return self.announcer.announce(where, state, signals, answer)
 
     def signal(self, where: Endpoint, state: int, signals: Iterable[Any]) -> Deferred:
         """Open every gated target of ``signals`` for the source; fires when the kernel has it."""

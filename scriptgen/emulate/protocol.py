@@ -250,6 +250,8 @@ class EmulatorProtocol(Protocol):
         """
         signals = self.machine.machine.states[state.id].signals
         if self.gate is not None and signals:
+            # A port the answer names may be drawn now: the answer then names that one.
+            answer, signals = self.gate.announce(self.where, state.id, signals, answer)
             opened = self.gate.signal(self.where, state.id, signals)
             if not opened.called:
                 self._held = opened

@@ -23,6 +23,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from scriptgen.emulate.announce import Announcer
 from scriptgen.emulate.config import Config, PortSpec
 from scriptgen.emulate.eventlog import EventLog
 from scriptgen.emulate.gate import Gate, gated_ports
@@ -78,6 +79,15 @@ class EmulatorService(MultiService):
             listen=config.listen,
             hold_timeout=config.gate_hold,
             max_entries=config.limits.max_sources,
+        )
+        # Ports an answer names, drawn per answer: bounded like connections.
+        self.gate.announcer = Announcer(
+            runtime.events,
+            reactor,
+            self._serve_drawn,
+            self.gate,
+            per_source=config.limits.max_connections_per_source,
+            total=config.limits.max_connections,
         )
 
     def _build_proxy(self) -> None:
@@ -187,6 +197,16 @@ class EmulatorService(MultiService):
         log.info(
             "scriptgen: serving {spec} on {addr}:{real}", spec=str(spec), addr=listen, real=real
         )
+
+    def _serve_drawn(self, key: tuple[str, int], port: int, gate: Any) -> Any:
+        """Listen on ``port`` with the machine learned on ``key`` (an answer announced it):
+        no proxy (a pool host has no such port), ``gate`` admits its source only.
+        Raises CannotListenError when the port is taken; None without that machine."""
+        if self.runtime.models.get(key) is None:
+            return None
+        factory = EmulatorFactory(self.runtime, PortSpec(key[0], key[1], port))
+        factory.gate = gate
+        return self.reactor.listenTCP(port, factory, interface=self.config.listen)
 
     def _exit_unbound(self) -> None:
         """Every served port failed to bind: stop start-up with one line, exit status 1."""
