@@ -69,6 +69,7 @@ from scriptgen.trace.types import Conversation, Direction, Outcome
 
 Key = tuple[str, int]
 SIGNAL_KIND = "session"  # marks signals written by this module (others may exist)
+MAX_CANDIDATES = 64  # machines tried per connection when picking a drawn port's machine
 
 
 @dataclass(frozen=True)
@@ -272,8 +273,10 @@ def announced_at(answer: bytes, port: int) -> set[tuple[str, int]]:
     """(form, offset) of every place ``answer`` names ``port`` (not inside a longer number)."""
     found = set()
     for form in FORMS:
-        text = re.escape(port_text(port, form))
-        for m in re.finditer(rb"(?<![0-9])" + text + rb"(?![0-9])", answer):
+        text = port_text(port, form)
+        if text not in answer:
+            continue  # the common case: no regex compiled per port
+        for m in re.finditer(rb"(?<![0-9])" + re.escape(text) + rb"(?![0-9])", answer):
             found.add((form, m.start()))
     return found
 
@@ -597,7 +600,11 @@ def _infer_drawn(
             continue
         max_delay = max(t.delay for t in items)
         duration = min(max(options.margin * max_delay, options.min_for), options.window)
-        family = sorted({t.port for t in items if ("tcp", t.port) in machines} - spoilt)
+        family = _by_first_answer(
+            {t.port for t in items if ("tcp", t.port) in machines} - spoilt,
+            machines,
+            options.max_answer_bytes,
+        )
         for sid, (form, at, length, named), ts in states:
             served = _served(named, ts, family, machines, spoilt, options.max_answer_bytes)
             if served is None:
@@ -622,7 +629,7 @@ def _infer_drawn(
 def _served(
     named: int,
     items: list[_Told],
-    family: list[int],
+    family: dict[bytes, list[int]],
     machines: Mapping[Key, Machine],
     spoilt: set[int],
     cut: int,
@@ -631,17 +638,20 @@ def _served(
 
     Each drawn port's machine is learned from the few connections that happened
     to get that number, so it may answer what another state's connection
-    carried. Preferred: the machine (among all ports of the family) that
+    carried. Preferred: the machine (among all ports of the family, indexed by
+    their first answer; at most MAX_CANDIDATES tried per connection) that
     reproduces most of this state's own connections; then the port the template
     names; then the state's most used port (a port whose connections carried no
     byte has no machine).
     """
-    score = {
-        p: sum(_reproduces(machines[("tcp", p)], t.contact, cut) for t in items) for p in family
-    }
+    score: dict[int, int] = defaultdict(int)
+    for t in items:
+        first = t.contact.answers[0] if t.contact.answers else None
+        for p in family.get(first, [])[:MAX_CANDIDATES] if first is not None else []:
+            score[p] += _reproduces(machines[("tcp", p)], t.contact, cut)
     best = max(score.values(), default=0)
     if best > 0:
-        ties = [p for p in family if score[p] == best]
+        ties = sorted(p for p in score if score[p] == best)
         return named if named in ties else ties[0]
     if ("tcp", named) in machines and named not in spoilt:
         return named
@@ -652,6 +662,18 @@ def _served(
     if not counts:
         return None
     return min(counts, key=lambda p: (-counts[p], p))
+
+
+def _by_first_answer(
+    ports: Iterable[int], machines: Mapping[Key, Machine], cut: int
+) -> dict[bytes, list[int]]:
+    """Ports by the first bytes their machine says on connect (a connection can only be
+    reproduced by a machine that starts the way it did)."""
+    index: dict[bytes, list[int]] = defaultdict(list)
+    for p in sorted(ports):
+        machine = machines[("tcp", p)]
+        index[machine.states[machine.root].answer[:cut]].append(p)
+    return index
 
 
 def _reproduces(machine: Machine, contact: Contact, cut: int) -> bool:
