@@ -44,6 +44,7 @@ REGION_FLAGS: dict[str, tuple[object, str]] = {  # field -> (default, help)
     "length_slack": (1.0, "widening of variable-width mutating regions"),
     "max_clusters": (256, "clusters per analysis"),
     "workers": (1, "threads for the distance matrix (-1: all cores)"),
+    "answer_link_distance": (0.5, "pairs past the cut up to this far join if answered alike"),
 }
 
 

@@ -98,10 +98,14 @@ Key = tuple[bytes, ...]  # the values of the regions a split fixes, in region or
 
 
 def split_by_answer(
-    machine: Machine, dialogs: Iterable[Dialog], min_group: int = MIN_GROUP
+    machine: Machine,
+    dialogs: Iterable[Dialog],
+    min_group: int = MIN_GROUP,
+    exceptions: bool = True,
 ) -> dict[int, tuple[int, tuple[int, ...]]]:
     """Add sub-transitions where regions' values predict the answer; returns
-    {new state id: (the generic state it was split from, the region indices fixed)}."""
+    {new state id: (the generic state it was split from, the region indices fixed)}.
+    ``exceptions`` off (the learner's ``verbatim`` off): nothing exact from single requests."""
     rows = _collect(machine, dialogs)
     parents: dict[int, tuple[int, tuple[int, ...]]] = {}
     for (sid, index), taken in sorted(rows.items(), key=lambda kv: kv[0]):
@@ -109,7 +113,7 @@ def split_by_answer(
         transition = state.transitions[index]
         choice = _best_region(transition.pattern, taken, min_group)
         exact = choice is None
-        if exact:
+        if exact and exceptions:
             choice = _exceptions(transition.pattern, taken)
         if choice is None:
             continue

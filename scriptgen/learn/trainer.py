@@ -132,7 +132,7 @@ def learn_machine(
     # Requests alike, answers not: split on the region that predicts the answer. The
     # generic states keep the dependencies inferred from all their samples above (no
     # dialog reaches them now); split states prove their own or inherit the parent's.
-    parents = split_by_answer(machine, dialogs)
+    parents = split_by_answer(machine, dialogs, exceptions=options.learn.verbatim)
     if parents:
         consolidate(machine)
         infer_dependencies(machine, dialogs)
