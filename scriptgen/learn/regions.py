@@ -142,6 +142,8 @@ NARROW = 4
 # between: a difference at the start is where messages of different kinds differ
 # (``_link_by_answers``).
 LINK_HEAD = 4
+# ... and the span they differ in is at most this many times the bytes they share.
+LINK_SPAN = 2
 
 
 @dataclass(frozen=True)
@@ -376,14 +378,15 @@ def _link_by_answers(
 
 def _one_span(a: bytes, b: bytes) -> bool:
     """``a`` and ``b`` share a head of ``LINK_HEAD``+ bytes and a non-empty tail, and
-    differ only in the bytes between, no more of them than the bytes shared."""
+    differ only in the bytes between: at most ``LINK_SPAN`` times the bytes shared
+    (a field, not a different message in the same framing)."""
     head = _common_head(a, b)
     if head < LINK_HEAD:
         return False
     rest = min(len(a), len(b)) - head
     tail = _common_head(a[len(a) - rest :][::-1], b[len(b) - rest :][::-1]) if rest else 0
     shared = head + tail
-    return tail >= 1 and max(len(a), len(b)) - shared <= shared
+    return tail >= 1 and max(len(a), len(b)) - shared <= LINK_SPAN * shared
 
 
 def _common_head(a: bytes, b: bytes) -> int:
