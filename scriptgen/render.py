@@ -77,9 +77,19 @@ def signal_lines(state: State) -> list[str]:
             continue
         evidence = ", ".join(f"{k}={sig[k]}" for k in ("mode", "samples", "sources") if k in sig)
         lines.append(
-            f"=> signal: opens {sig.get('opens', '?')} for {sig.get('for', '?')}s ({evidence})"
+            f"=> signal: opens {sig.get('opens', '?')}{_drawn(sig)} for {sig.get('for', '?')}s"
+            f" ({evidence})"
         )
     return lines
+
+
+def _drawn(sig: dict) -> str:
+    """For a port drawn per answer (``announce``): where the answer spells it, and how."""
+    where = sig.get("announce")
+    if not isinstance(where, dict):
+        return ""
+    at, size, form = where.get("at", "?"), where.get("len", "?"), where.get("form", "?")
+    return f" (port drawn per answer, at {at}+{size}, {form})"
 
 
 def edge_label(t: Transition, max_fixed: int = 24) -> str:
@@ -186,7 +196,7 @@ def _signal_edges(machines: Sequence[Machine]) -> list[str]:
                 if target is None:  # the opened port's machine is not shown: a plain node
                     target = f'"port {dot_escape(opens)}"'
                     out.append(f"  {target} [shape=ellipse];")
-                label = dot_escape(f"signal: opens {opens} for {sig.get('for', '?')}s")
+                label = dot_escape(f"signal: opens {opens}{_drawn(sig)} for {sig.get('for', '?')}s")
                 out.append(f'  m{i}s{sid} -> {target} [style=dashed, color=red, label="{label}"];')
     return out
 

@@ -48,3 +48,15 @@ def test_hostile_signal_entries_do_not_break_rendering() -> None:
     assert 'x\\" -> y' in dot
     if shutil.which("dot") is not None:
         subprocess.run(["dot", "-Tsvg"], input=dot.encode(), capture_output=True, check=True)
+
+
+def test_a_port_drawn_per_answer_says_where_the_answer_spells_it() -> None:
+    a, b = machines()
+    a.states[1].signals = [
+        {**SIGNAL, "mode": "announced", "announce": {"at": 39, "len": 5, "form": "decimal"}}
+    ]
+    drawn = "opens tcp/4444 (port drawn per answer, at 39+5, decimal) for 5.0s"
+    assert f"=> signal: {drawn} (mode=announced, samples=7)" in render_text(a)
+    assert f'label="signal: {drawn}"' in render_dot([a, b])
+    a.states[1].signals[0]["announce"] = ["not", "a", "dict"]  # hostile: shown as a plain one
+    assert "=> signal: opens tcp/4444 for 5.0s" in render_text(a)
