@@ -218,15 +218,16 @@ class EmulatorProtocol(Protocol):
             return  # a transition too uncertain to trust: the source's pool host answers
         target = step.target
         answer = self.answers.answer(target.id, target.answer, step.request, step.match)
+        answer, signals = self._announce(target, answer)  # logged as sent
         self.runtime.request_matched(self.where, step, answer)
         if self.tap is not None:
             self.tap.emulated(step.request, answer)
-        self._enter(target, answer)
+        self._enter(target, answer, signals)
 
     def _greet(self) -> None:
         """At connect: the root state's answer (a banner), logged on its own."""
         root = self.dialog.state
-        answer = self.answers.answer(root.id, root.answer)
+        answer, signals = self._announce(root, self.answers.answer(root.id, root.answer))
         if answer or root.end is not End.OPEN:
             self.runtime.events.emit(
                 "scriptgen.answer.sent",
@@ -237,21 +238,29 @@ class EmulatorProtocol(Protocol):
             )
         if self.tap is not None:
             self.tap.emulated(b"", answer)
-        self._enter(root, answer)
+        self._enter(root, answer, signals)
 
-    def _enter(self, state: StateIndex, answer: bytes) -> None:
+    def _announce(self, state: StateIndex, answer: bytes) -> tuple[bytes, list[Any]]:
+        """The answer naming the ports drawn for it, and the state's other signals.
+
+        Before the answer is logged or handed to the proxy: both must hold what
+        the client reads (the drawn port), not the learned one."""
+        signals = self.machine.machine.states[state.id].signals
+        if self.gate is None or not signals:
+            return answer, signals
+        return self.gate.announce(self.where, state.id, signals, answer)
+
+    def _enter(self, state: StateIndex, answer: bytes, signals: list[Any]) -> None:
         """Send the state's answer, then do what the server did there.
 
         The answer is logged with the request that caused it (one event per
         request keeps logging affordable at high request rates). A state with
-        signals first opens the ports they name for this source; its answer
-        waits until the gate confirms, so a client that connects as soon as
-        it reads the answer is not refused by a race.
+        signals (those left by :meth:`_announce`) first opens the ports they
+        name for this source; its answer waits until the gate confirms, so a
+        client that connects as soon as it reads the answer is not refused by
+        a race.
         """
-        signals = self.machine.machine.states[state.id].signals
         if self.gate is not None and signals:
-            # A port the answer names may be drawn now: the answer then names that one.
-            answer, signals = self.gate.announce(self.where, state.id, signals, answer)
             opened = self.gate.signal(self.where, state.id, signals)
             if not opened.called:
                 self._held = opened
