@@ -1,5 +1,5 @@
 """Ports drawn per answer through the protocol (fake transport, fake clock): what is
-logged and recorded is what the client read.
+logged and recorded is what the client read, and nothing is drawn after the stop.
 
 The announcer's own bounds are in tests/test_dataport_emulate.py; real clients in
 tests/test_dataport_ftp.py."""
@@ -121,3 +121,17 @@ def test_the_proxy_transcript_holds_the_drawn_port() -> None:
     proto.dataReceived(b"EPSV\r\n")
     assert seen[-1] == (b"EPSV\r\n", t.value())
 
+
+def test_nothing_is_drawn_after_the_stop() -> None:
+    """A connection still open when the service stops must not bind a new port (it
+    would listen, unowned, until its timer)."""
+    h, host, ann = harness(machine())
+    proto, t = h.connect()
+    proto.dataReceived(b"EPSV\r\n")
+    assert len(host.live()) == 1
+    ann.stop()
+    assert host.live() == []
+    t.clear()
+    proto.dataReceived(b"EPSV\r\n")
+    assert t.value() == ANSWER  # the learned answer, as without drawing
+    assert host.live() == [] and ann.live == {}

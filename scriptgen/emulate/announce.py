@@ -176,12 +176,15 @@ class Announcer:
         self.rng = rng or random.Random(os.urandom(16))
         self.outer = outer  # the emulator's gate: a drawn port's states signal through it
         self.live: dict[int, _Drawn] = {}  # drawn port -> entry, oldest first
+        self.stopped = False  # after stop(): nothing is drawn (no port outlives the service)
 
     def announce(
         self, where: Endpoint, state: int, signals: list[Any], answer: bytes
     ) -> tuple[bytes, list[Any]]:
         """The answer with a drawn, served port in each announcing signal's place, and the
         signals left for the gate (those not drawn: the learned port opens instead)."""
+        if self.stopped:
+            return answer, signals
         rest = []
         for signal in signals:
             spot = spot_of(signal)
@@ -268,6 +271,8 @@ class Announcer:
         )
 
     def stop(self) -> None:
-        """Stop every drawn port (service shutdown)."""
+        """Stop every drawn port, and draw none from now on (service shutdown: a
+        connection still open must not bind a port nobody closes but its timer)."""
+        self.stopped = True
         for port in list(self.live):
             self._close(port, "stopped")
