@@ -84,8 +84,9 @@ def test_one_ftp_activity_is_answered_alone_after_at_most_3_proxied_sessions(tmp
     proxied session as if the next came later. ``CWD docs`` / ``CWD pub`` are
     just past the clustering cut: they cluster only because their answers
     agree (regions._link_by_answers); without that each directory was its own
-    exact transition and this took 5-8 proxied sessions
-    (benchmarks/proxy_runs.py seeds 1-3: 3, 3, 4 now)."""
+    exact transition: 4 proxied sessions here on the learner before it
+    (benchmarks/proxy_runs.py seeds 1-3: 5, never within 10, 7 before;
+    3, 3, 4 now)."""
     rng = random.Random(1)
     emu = start_emulator(tmp_path, "tcp/21=0", expiry=0.5)
     proxied = 0
