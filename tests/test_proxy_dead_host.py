@@ -21,6 +21,7 @@ import pytest
 from twisted.internet import error
 from twisted.python.failure import Failure
 
+from scriptgen.emulate.matching import CompiledMachine
 from scriptgen.emulate.proxy import Pool
 from tests.test_emulate_support import Harness, line_machine
 from tests.test_proxy_unit import FakeProto, machine, make
@@ -92,7 +93,8 @@ def test_a_blackholed_host_costs_one_connect_timeout_not_one_per_doubted_request
     assert waits == [5.0, 0.0, 0.0, 0.0, 0.0]
     assert len(connect.tries) == 1
     [down] = [f for e, f in events if e == "scriptgen.proxy.host_down"]
-    assert down == {"host": "127.0.6.2", "reason": "host_timeout", "failures": 1, "seconds": 10.0}
+    assert down == {"host": "127.0.6.2", "port": 7000, "reason": "host_timeout", "failures": 1,
+                    "seconds": 10.0}  # fmt: skip
     exhausted = [f for e, f in events if e == "scriptgen.proxy.failed" and "fallback" not in f]
     assert exhausted == [{"reason": "pool_exhausted", "hosts_down": 1}] * 4
 
@@ -119,10 +121,11 @@ def test_back_off_doubles_up_to_its_bound_and_resets_when_the_host_accepts(
     # Back after its back-off, the host accepts: it is up again, the count starts over.
     h.clock.advance(35)
     connect.accept.add("127.0.6.2")
-    tap = proxy.attach(FakeProto(machine(), "127.0.6.6", 5000))
+    same_port = CompiledMachine.build(line_machine(7000))  # the port it was down for
+    tap = proxy.attach(FakeProto(same_port, "127.0.6.6", 5000))
     assert proxy.take_over(tap, b"HELLO\r\n")
     tap.connected(type("Upstream", (), {"transport": _Sink()})())
-    assert ("scriptgen.proxy.host_up", {"host": "127.0.6.2"}) in events
+    assert ("scriptgen.proxy.host_up", {"host": "127.0.6.2", "port": 7000}) in events
     assert proxy.pool.down == {}
 
 
@@ -141,8 +144,8 @@ def test_allocation_skips_a_down_host_for_a_live_one(tmp_path: Path) -> None:
     a = proxy.attach(FakeProto(machine(), "127.0.6.5", 4000))
     assert proxy.take_over(a, b"HELLO\r\n")
     a.connect_failed(Failure(error.ConnectionRefusedError()))  # 127.0.6.2 refuses
-    assert ("scriptgen.proxy.host_down", {"host": "127.0.6.2", "reason": "host_refused",
-            "failures": 1, "seconds": 10.0}) in events  # fmt: skip
+    assert ("scriptgen.proxy.host_down", {"host": "127.0.6.2", "port": 21,
+            "reason": "host_refused", "failures": 1, "seconds": 10.0}) in events  # fmt: skip
     b = proxy.attach(FakeProto(machine(), "127.0.6.6", 4000))
     assert proxy.take_over(b, b"HELLO\r\n")
     assert [host for host, _ in connect.tries] == ["127.0.6.2", "127.0.6.3"]
@@ -173,15 +176,19 @@ def test_back_off_off_tries_a_dead_host_every_time(tmp_path: Path) -> None:
 
 def test_pool_back_off_is_bounded_after_many_failures() -> None:
     pool = Pool(("h",), backoff=1.0, backoff_max=100.0)
+    ftp, shell = ("tcp", 21), ("tcp", 4444)
     now = 0.0
     for _ in range(2000):  # no overflow however long a host stays dead
-        down = pool.failed("h", now)
+        down = pool.failed("h", ftp, now)
         assert down is not None
         now += down[0]
     assert down == (100.0, 2000)
-    assert pool.failed("h", now - 1) is None  # still down: another connection's try
-    assert pool.failed("other", now) is None  # not a pool host
-    assert pool.allocate(now - 1) is None and pool.allocate(now) == "h"
+    assert pool.failed("h", ftp, now - 1) is None  # still down: another connection's try
+    assert pool.failed("other", ftp, now) is None  # not a pool host
+    assert pool.allocate(now - 1, ftp) is None
+    assert pool.allocate(now - 1, shell) == "h"  # down for one port only
+    pool.release("h")
+    assert pool.allocate(now, ftp) == "h"
 
 
 # --- a real client, a real blackhole (nftables drop rule) ---
@@ -248,3 +255,44 @@ def test_doubted_requests_to_a_blackholed_host_with_a_real_client(
     assert downs[0]["host"] == DEAD and downs[0]["reason"] == "host_timeout"
     assert waits[0] >= 0.45  # the first one found the host dead
     assert sum(waits[1:]) < 0.45, waits  # the others did not wait for it (was 3 x 0.5 s)
+
+
+class _Refusing:
+    """A connector whose pool host refuses ``closed`` ports and accepts the others."""
+
+    def __init__(self, closed: set[int]) -> None:
+        self.closed = closed
+        self.tries: list[tuple[str, int]] = []
+
+    def __call__(self, host: str, port: int, factory: Any, timeout: float) -> None:
+        self.tries.append((host, port))
+        if port in self.closed:
+            factory.clientConnectionFailed(None, Failure(error.ConnectionRefusedError()))
+
+
+def test_a_port_the_host_does_not_serve_does_not_take_the_host_down_for_others(
+    tmp_path: Path,
+) -> None:
+    """A refusal (or a drop) on one port says that port is closed on the host, not
+    that the host is gone: a client (or an attacker, on purpose) that reaches a
+    served port the pool host does not serve must not stop the proxy for every
+    other port for up to host_backoff_max."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    connect = _Refusing({4444})
+    proxy, _, events, _, _ = make(tmp_path, clock, connect, pool=("127.0.6.2",))
+    shell = CompiledMachine.build(line_machine(4444))
+    bad = proxy.attach(FakeProto(shell, "127.0.6.7", 5000))
+    assert proxy.take_over(bad, b"HELLO\r\n")
+    assert bad.proto.closed == "proxy_host_refused"
+    # Another source, on a port the host serves: allocated, connected.
+    good = proxy.attach(FakeProto(machine(), "127.0.6.8", 5001))
+    assert proxy.take_over(good, b"HELLO\r\n")
+    assert connect.tries == [("127.0.6.2", 4444), ("127.0.6.2", 21)]
+    # The closed port itself is backed off (a repeat costs nothing).
+    proxy.release(good.source, "test")
+    again = proxy.attach(FakeProto(shell, "127.0.6.9", 5002))
+    assert not proxy.take_over(again, b"HELLO\r\n")
+    assert connect.tries[-1] == ("127.0.6.2", 21)
+    assert [f["port"] for e, f in events if e == "scriptgen.proxy.host_down"] == [4444]

@@ -27,9 +27,10 @@ Decisions (see docs/proxy.md):
 * Failures close the client connection (never a hang): ``pool_exhausted``
   and ``over_limit`` fall back to the ``on_unmatched`` policy instead,
   since nothing was sent to a host yet.
-* Dead hosts: a host that refused or never accepted is skipped by allocation
-  for ``host_backoff`` seconds, doubled at each further failure up to
-  ``host_backoff_max``; every host down is ``pool_exhausted``.
+* Dead hosts: a host that refused or never accepted on a port is skipped by
+  allocation for that port for ``host_backoff`` seconds, doubled at each
+  further failure up to ``host_backoff_max``; every host down is
+  ``pool_exhausted``.
 """
 
 from __future__ import annotations
@@ -112,13 +113,20 @@ def similar(expected: bytes, got: bytes, threshold: float) -> float | None:
     return round(score, 3) if score >= threshold else None
 
 
+Service = tuple[str, int]  # (protocol, learned port): what a source asks a host for
+
+
 class Pool:
     """The configured hosts; one source per host at a time.
 
-    A host that refused or did not accept in time is *down* for a back-off
-    period and not allocated meanwhile. Why: each try costs a doubted request
-    ``connect_timeout`` seconds before the emulator answers it (a blackholed
-    host: 5 s every time), and an unmatched one a closed connection.
+    A host that refused or did not accept in time on a port is *down* there for
+    a back-off period: not allocated for that port meanwhile. Why: each try
+    costs a doubted request ``connect_timeout`` seconds before the emulator
+    answers it (a blackholed host: 5 s every time), and an unmatched one a
+    closed connection. Why per port: a refusal (or a firewall's drop) on one
+    port says that port is closed on the host, not that the host is gone; a
+    client reaching a served port the host does not serve (a scanner, or an
+    attacker on purpose) must not stop proxying for every other port.
     """
 
     def __init__(
@@ -128,35 +136,37 @@ class Pool:
         self.free = list(hosts)
         self.backoff = backoff  # seconds down after a first failure (0: never down)
         self.backoff_max = max(backoff, backoff_max)
-        self.down: dict[str, tuple[float, int]] = {}  # host -> (down until, failures in a row)
+        # (host, service) -> (down until, failures in a row); bounded: hosts x served ports
+        self.down: dict[tuple[str, Service], tuple[float, int]] = {}
 
-    def allocate(self, now: float = 0.0) -> str | None:
-        """The first free host that is not down (None: none)."""
+    def allocate(self, now: float, service: Service) -> str | None:
+        """The first free host that is not down for ``service`` (None: none)."""
         for host in self.free:
-            if self.down.get(host, (0.0, 0))[0] <= now:
+            if self.down.get((host, service), (0.0, 0))[0] <= now:
                 self.free.remove(host)
                 return host
         return None
 
-    def down_now(self, now: float) -> list[str]:
-        return [h for h, (until, _) in self.down.items() if until > now]
+    def down_now(self, now: float, service: Service) -> list[str]:
+        """The hosts down for ``service`` now."""
+        return [h for (h, s), (until, _) in self.down.items() if s == service and until > now]
 
-    def failed(self, host: str, now: float) -> tuple[float, int] | None:
-        """The host is unusable: (seconds it is now down for, failures in a row), or
-        None when back-off is off or it is down already (another connection's try)."""
+    def failed(self, host: str, service: Service, now: float) -> tuple[float, int] | None:
+        """The host is unusable for ``service``: (seconds it is now down for, failures in
+        a row), or None when back-off is off or it is down already (another try)."""
         if self.backoff <= 0 or host not in self.hosts:
             return None
-        until, failures = self.down.get(host, (0.0, 0))
+        until, failures = self.down.get((host, service), (0.0, 0))
         if until > now:
             return None
         failures += 1
         seconds = min(self.backoff * 2.0 ** min(failures - 1, 40), self.backoff_max)
-        self.down[host] = (now + seconds, failures)
+        self.down[(host, service)] = (now + seconds, failures)
         return seconds, failures
 
-    def working(self, host: str) -> int:
-        """The host accepted a connection: failures in a row before it (0: none)."""
-        return self.down.pop(host, (0.0, 0))[1]
+    def working(self, host: str, service: Service) -> int:
+        """The host accepted a connection for ``service``: failures in a row before it."""
+        return self.down.pop((host, service), (0.0, 0))[1]
 
     def release(self, host: str) -> None:
         if host in self.hosts and host not in self.free:
@@ -592,9 +602,10 @@ class Proxy:
             self.emit("scriptgen.proxy.failed", tap.proto.where, reason="buffer_overflow")
             return False
         if source.host is None:
-            host = self.pool.allocate(self.clock.seconds())
+            service = tap.proto.machine.key
+            host = self.pool.allocate(self.clock.seconds(), service)
             if host is None:
-                down = len(self.pool.down_now(self.clock.seconds()))
+                down = len(self.pool.down_now(self.clock.seconds(), service))
                 self.emit(
                     "scriptgen.proxy.failed",
                     tap.proto.where,
@@ -676,18 +687,20 @@ class Proxy:
                 self.release(source, reason)
 
     def _host_down(self, tap: Tap, host: str, reason: str) -> None:
-        """Skip a host that refused or never accepted for its back-off period."""
-        down = self.pool.failed(host, self.clock.seconds())
+        """Skip a host that refused or never accepted on this port for its back-off."""
+        proto, port = tap.proto.machine.key
+        down = self.pool.failed(host, (proto, port), self.clock.seconds())
         if down is not None:
             seconds, failures = down
-            self.emit("scriptgen.proxy.host_down", tap.proto.where, host=host, reason=reason,
-                      failures=failures, seconds=seconds)  # fmt: skip
+            self.emit("scriptgen.proxy.host_down", tap.proto.where, host=host, port=port,
+                      reason=reason, failures=failures, seconds=seconds)  # fmt: skip
 
     def host_working(self, tap: Tap) -> None:
-        """The source's host accepted a connection: it is not down any more."""
+        """The source's host accepted a connection: it is not down on that port any more."""
         host = tap.source.host
-        if host is not None and self.pool.working(host):
-            self.emit("scriptgen.proxy.host_up", tap.proto.where, host=host)
+        proto, port = tap.proto.machine.key
+        if host is not None and self.pool.working(host, (proto, port)):
+            self.emit("scriptgen.proxy.host_up", tap.proto.where, host=host, port=port)
 
     def new_flow(self, tap: Tap) -> Flow | None:
         rec = tap.source.recording
