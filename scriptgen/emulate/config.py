@@ -107,6 +107,7 @@ class Config:
     on_unmatched: str = "silent"
     content_dependencies: bool = True  # patch answers from live requests (off: as learned)
     backoff: bool = True  # an unmatched request is read at the states the session passed
+    backoff_alike: bool = True  # ... and where the same requests led elsewhere
     gate_mechanism: str = "auto"  # how ports waiting for a signal are kept closed
     gate_table: str = "scriptgen"  # nftables table owned by this emulator
     gate_hold: float = 2.0  # longest wait of a signalling answer for nft
@@ -255,6 +256,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str], Any]]] = {
         "gate_hold": _float(0.01),
         "content_dependencies": _bool,
         "backoff": _bool,
+        "backoff_alike": _bool,
     },
     "proxy": {
         "enabled": _bool,

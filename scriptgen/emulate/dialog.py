@@ -41,6 +41,7 @@ from scriptgen.model import End
 
 LAZY_FROM = 4096  # incomplete requests larger than this are judged lazily
 MAX_PATH = 64  # states remembered per session for back-off (the root always stays)
+MAX_BACKOFF = 64  # states back-off reads one unmatched request at
 
 
 class Waiting(enum.Enum):
@@ -82,10 +83,13 @@ Step = Matched | Unmatched | Overflow
 class Dialog:
     """Current state and unconsumed bytes of one session."""
 
-    def __init__(self, machine: CompiledMachine, max_buffer: int, backoff: bool = False) -> None:
+    def __init__(
+        self, machine: CompiledMachine, max_buffer: int, backoff: bool = False, alike: bool = False
+    ) -> None:
         self.machine = machine
         self.state: StateIndex = machine.states[machine.root]
         self.backoff = backoff  # read an unmatched request at the states passed before
+        self.alike = alike  # ... and at the states the same requests led to elsewhere
         self.path: list[StateIndex] = [self.state]
         self.buffer = b""
         self.max_buffer = max_buffer
@@ -227,18 +231,28 @@ class Dialog:
         self.path.append(state)
 
     def _ancestors(self) -> list[StateIndex]:
-        """States passed before the current one, most recent first, each once."""
+        """Where back-off reads a request: the states passed before the current one,
+        most recent first, each once; with ``alike``, then the states that the
+        requests which led to the current one and to those led to elsewhere in
+        the machine (``CompiledMachine.alike``), at most ``MAX_BACKOFF`` in all."""
         seen = {self.state.id}
         out = []
         for state in reversed(self.path):
             if state.id not in seen:
                 seen.add(state.id)
                 out.append(state)
-        return out
+        if self.alike:
+            for state in [self.state, *out]:
+                for sid in self.machine.alike.get(state.id, ()):
+                    if sid not in seen and sid in self.machine.states:
+                        seen.add(sid)
+                        out.append(self.machine.states[sid])
+        return out[:MAX_BACKOFF]
 
     def _back_off(self, final: bool) -> Matched | None:
         """Read a request the current state has no transition for at the states the
-        session passed before, most recent first.
+        session passed before, most recent first (with ``alike``, then at the states
+        the same requests led to elsewhere: ``_ancestors``).
 
         Why: the machine is a tree of positions, so a command learned after
         login is unknown two commands later (``GET`` again on one

@@ -40,6 +40,7 @@ ANCHOR_BYTES = 16  # bytes of the anchoring fixed region used as the dict key
 MAX_WINDOW = 64  # largest offset range an anchor may float in and still be indexed
 CACHE_ENTRIES = 4096  # decisions remembered per machine
 CACHE_MAX_REQUEST = 512  # only for buffers up to this size
+MAX_ALIKE = 8  # states reached by the same request elsewhere, kept per state (back-off)
 
 
 class MatchTimeout(Exception):
@@ -408,6 +409,35 @@ class StateIndex:
                 yield rule, n
 
 
+def alike_states(machine: Machine, limit: int = MAX_ALIKE) -> dict[int, tuple[int, ...]]:
+    """Per state, up to ``limit`` other states that a transition with the same pattern
+    leads to, those with most samples first.
+
+    Why: the learned machine is a tree of positions, so after ``TYPE I`` in one
+    session the commands learned after ``TYPE I`` in another are unknown. The
+    same request reached both states, so what follows one is a good guess for
+    the other (the answer to it was learned there). Linear in transitions:
+    each state keeps the first ``limit`` of its group.
+    """
+    groups: dict[Pattern, set[int]] = {}
+    for state in machine.states.values():
+        for t in state.transitions:
+            if t.target in machine.states:
+                groups.setdefault(t.pattern, set()).add(t.target)
+    out: dict[int, list[int]] = {}
+    for targets in groups.values():
+        if len(targets) < 2:
+            continue
+        ranked = sorted(targets, key=lambda sid: (-machine.states[sid].samples, sid))
+        head = ranked[: limit + 1]
+        for sid in ranked:
+            mine = out.setdefault(sid, [])
+            for other in head:
+                if other != sid and other not in mine and len(mine) < limit:
+                    mine.append(other)
+    return {sid: tuple(v) for sid, v in out.items() if v}
+
+
 @dataclass(slots=True)
 class CompiledMachine:
     """A loaded machine with one index per state; built once per model load."""
@@ -421,6 +451,9 @@ class CompiledMachine:
     # table per machine with a fixed bound (an attacker can fill it, not grow it).
     decisions: dict[tuple[int, bytes, bool], Any] = field(default_factory=dict)
     budget: Budget = field(default_factory=lambda: Budget(MATCH_TIMEOUT))  # shared by its rules
+    # Per state, the other states that a transition with the same pattern leads to
+    # (``alike_states``): where back-off may also read a request.
+    alike: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def cached(self, key: tuple[int, bytes, bool]) -> Any:
         """The remembered decision, or None: the caller judges now (its budget opens)."""
@@ -444,7 +477,9 @@ class CompiledMachine:
     ) -> CompiledMachine:
         budget = Budget(timeout)
         states = {sid: StateIndex.build(s, timeout, budget) for sid, s in machine.states.items()}
-        return cls(machine, states, machine.root, source, budget=budget)
+        return cls(
+            machine, states, machine.root, source, budget=budget, alike=alike_states(machine)
+        )
 
     @property
     def key(self) -> tuple[str, int]:

@@ -36,7 +36,8 @@ class EmulatorProtocol(Protocol):
         self.runtime = runtime
         self.machine = machine  # kept for the whole connection, even across reloads
         lim = runtime.config.limits
-        self.dialog = Dialog(machine, lim.max_buffer_bytes, runtime.config.backoff)
+        cfg = runtime.config
+        self.dialog = Dialog(machine, lim.max_buffer_bytes, cfg.backoff, cfg.backoff_alike)
         self.answers = LiveAnswers(machine.machine.states, runtime.config.content_dependencies)
         self.where: Endpoint | None = None
         self.refused = False

@@ -120,9 +120,8 @@ class EmulatorDatagramProtocol(DatagramProtocol):
             getattr(host, "port", self.spec.served),
             new_session_id(),
         )
-        dialog = Dialog(
-            machine, self.runtime.config.limits.max_buffer_bytes, self.runtime.config.backoff
-        )
+        cfg = self.runtime.config
+        dialog = Dialog(machine, cfg.limits.max_buffer_bytes, cfg.backoff, cfg.backoff_alike)
         session = UdpSession(dialog, where, now, now)
         session.answers = LiveAnswers(
             machine.machine.states, self.runtime.config.content_dependencies
