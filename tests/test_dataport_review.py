@@ -135,3 +135,16 @@ def test_nothing_is_drawn_after_the_stop() -> None:
     proto.dataReceived(b"EPSV\r\n")
     assert t.value() == ANSWER  # the learned answer, as without drawing
     assert host.live() == [] and ann.live == {}
+
+
+def test_a_restarted_gate_draws_again() -> None:
+    """stop() then start() (a service stopped and started again, embedded): ports are
+    drawn again, not the learned answer for ever."""
+    h, host, _ = harness(machine())
+    gate = h.factory.gate
+    gate.stop()
+    gate.start({})
+    proto, t = h.connect()
+    t.clear()
+    proto.dataReceived(b"EPSV\r\n")
+    assert port_in(t.value()) in host.live()

@@ -270,6 +270,10 @@ class Announcer:
             "scriptgen.gate.expired", entry.where, port=f"tcp/{port}", drawn=True, reason=why
         )
 
+    def start(self) -> None:
+        """Draw ports (again, after a stop)."""
+        self.stopped = False
+
     def stop(self) -> None:
         """Stop every drawn port, and draw none from now on (service shutdown: a
         connection still open must not bind a port nobody closes but its timer)."""

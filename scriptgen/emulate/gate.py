@@ -231,6 +231,8 @@ class Gate:
 
     def start(self, ports: Mapping[Key, int]) -> Deferred:
         """Gate ``ports`` (learned key -> bound port); fires when the mechanism is decided."""
+        if self.announcer is not None:
+            self.announcer.start()  # a service started again after a stop draws again
         self.ports = {k: p for k, p in ports.items() if k[0] == "tcp"}
         if not self.ports:
             self.ready = True
