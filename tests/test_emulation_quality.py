@@ -143,3 +143,66 @@ def test_backoff_answers_a_repeated_command_learned_at_an_earlier_position() -> 
     assert isinstance(udp.datagram(b"GET k\r\n"), Matched)
     assert isinstance(udp.datagram(b"GET k\r\n"), Matched)  # the root again, from the GET state
     assert isinstance(udp.datagram(b"NOPE\r\n"), Unmatched)
+
+
+def _two_branches():
+    """root -USER-> 1 -TYPE-> 2 -SIZE-> 3, and 1 -PWD-> 4 -TYPE-> 5 (no SIZE after it):
+    SIZE was learned after TYPE in one session only."""
+    from scriptgen.model import Machine, Pattern, Transition
+
+    m = Machine("tcp", 21)
+    s = {i: m.new_state() for i in range(1, 6)}
+    for i, st in s.items():
+        st.answer = b"%d\r\n" % i
+    lit = Pattern.literal
+    m.states[0].transitions.append(Transition(lit(b"USER a\r\n"), 1, 3))
+    s[1].transitions += [Transition(lit(b"TYPE I\r\n"), 2, 2), Transition(lit(b"PWD\r\n"), 4, 1)]
+    s[2].transitions.append(Transition(lit(b"SIZE x\r\n"), 3, 2))
+    s[4].transitions.append(Transition(lit(b"TYPE I\r\n"), 5, 1))
+    return m
+
+
+def test_alike_backoff_reads_a_request_where_the_same_request_led_elsewhere() -> None:
+    """The machine is a tree of positions: SIZE learned after TYPE I in one session is
+    unknown after TYPE I in another, and none of the states passed has it. The
+    state the same TYPE I led to in the other session has it."""
+    from scriptgen.emulate.dialog import Dialog, Matched, Unmatched
+    from scriptgen.emulate.matching import CompiledMachine, alike_states
+
+    m = _two_branches()
+    assert alike_states(m) == {2: (5,), 5: (2,)}
+    compiled = CompiledMachine.build(m)
+    for alike in (True, False):
+        d = Dialog(compiled, 1000, backoff=True, alike=alike)
+        steps = d.feed(b"USER a\r\n") + d.feed(b"PWD\r\n") + d.feed(b"TYPE I\r\n")
+        assert steps[-1].target.id == 5
+        last = d.feed(b"SIZE x\r\n")[-1]
+        if alike:
+            assert isinstance(last, Matched) and last.target.id == 3 and last.state.id == 2
+        else:
+            assert isinstance(last, Unmatched) and last.state.id == 5
+    udp = Dialog(compiled, 1000, backoff=True, alike=True)
+    for request in (b"USER a\r\n", b"PWD\r\n", b"TYPE I\r\n", b"SIZE x\r\n"):
+        step = udp.datagram(request)
+    assert isinstance(step, Matched) and step.target.id == 3
+
+
+def test_alike_states_are_bounded_and_linear() -> None:
+    """One request leading to thousands of states (a hostile or huge model): each
+    keeps MAX_ALIKE others, most samples first (each looks at MAX_ALIKE + 1 of its
+    group, not all of it)."""
+    from scriptgen.emulate.matching import MAX_ALIKE, alike_states
+    from scriptgen.model import Machine, Pattern, Transition
+
+    m = Machine("tcp", 21)
+    hubs = [m.new_state() for _ in range(3000)]
+    for n, hub in enumerate(hubs):
+        hub.samples = n
+        m.states[0].transitions.append(Transition(Pattern.literal(b"A%d\r\n" % n), hub.id))
+        leaf = m.new_state()
+        leaf.samples = n
+        hub.transitions.append(Transition(Pattern.literal(b"SAME\r\n"), leaf.id))
+    alike = alike_states(m)
+    leaves = [t.target for hub in hubs for t in hub.transitions]
+    assert all(len(alike[leaf]) == MAX_ALIKE for leaf in leaves)
+    assert alike[leaves[0]] == tuple(leaves[-1 : -MAX_ALIKE - 1 : -1])  # most samples first
