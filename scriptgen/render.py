@@ -94,8 +94,9 @@ def _drawn(sig: dict) -> str:
 
 def edge_label(t: Transition, max_fixed: int = 24) -> str:
     """A transition for display: its regions and sample count; a verbatim one
-    (one recorded request, nothing generalised) is marked ``exact``."""
-    kind = "exact " if t.verbatim else ""
+    (one recorded request, nothing generalised) is marked ``exact``, an
+    exception (a request kept with its own answer) ``exception``."""
+    kind = "exact " if t.verbatim else "exception " if t.exception else ""
     return f"{kind}{t.pattern.describe(max_fixed)} ({t.samples})"
 
 

@@ -39,3 +39,21 @@ def test_a_bad_verbatim_flag_is_one_clear_error(tmp_path, value, pattern):
     path.write_text(json.dumps(obj))
     with pytest.raises(ModelError, match="tcp-7000.json.*verbatim"):
         load_machine(path)
+
+
+def test_the_exception_flag_round_trips_and_a_bad_one_is_one_clear_error(tmp_path):
+    """Exceptions (answersplit: a request kept with its own answer) carry their flag."""
+    m = machine_with(False, Pattern.literal(b"PING"))
+    m.states[0].transitions[0].exception = True
+    obj = machine_to_json(m)
+    assert obj["states"][0]["transitions"][0]["exception"] is True
+    (t,) = machine_from_json(json.loads(json.dumps(obj))).states[0].transitions
+    assert t.exception and not t.verbatim
+    plain = machine_to_json(machine_with(False, Pattern.literal(b"PING")))
+    assert "exception" not in plain["states"][0]["transitions"][0]
+    path = save_machine(m, tmp_path)
+    bad = json.loads(path.read_text())
+    bad["states"][0]["transitions"][0]["exception"] = 1
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ModelError, match="tcp-7000.json.*exception"):
+        load_machine(path)

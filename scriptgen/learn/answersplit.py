@@ -40,18 +40,21 @@ ftp 0.996 -> 0.996, others unchanged. Copying the splits was needed to keep
 requests where no region's values recur (online learning: each argument
 seen once) can still hold requests with different answers (``SIZE`` of two
 files). When a region's values vary in length among the requests (names,
-keys, paths: not only ids, counters or lengths, whose width is fixed) and
-no fixed-width field of 2+ bytes is new in every request (an id: the
-request would never come again), each request whose answer differs from
-another's
-(``_differing``, single requests counted) gets an exact sub-transition
-(flagged ``verbatim``, like the learner's leftovers: content inference
-walks past it, so the generic state keeps its samples): the request seen
-gets its own answer back, the generic transition still answers every other
-value (with the most frequent answer). Single requests are evidence enough
-here because nothing is lost when one never recurs (the split state copies
-the generic state's transitions), and the size bound keeps the model from
-growing with large clusters.
+keys, paths: an argument) and no region holds a new value of one length
+in every request (``_drawn``: a query id, a cookie, a process id -- the
+exact request would never come again), each request whose answer differs
+from another's (``_differing``, single requests counted) gets an exact
+sub-transition flagged ``exception``: the request seen gets its own answer
+back, the generic transition still answers every other value (the most
+frequent answer). Content inference walks past exceptions (the generic
+state keeps its samples), and the learner never absorbs or regeneralises
+them. Single requests are evidence enough here because nothing is lost
+when one never recurs (the split state copies the generic state's
+transitions), and the size bound keeps the model from growing with large
+clusters. Keeping the id mutating (a DNS name's own address with a new
+query id) was tried: the exception's state then needs the generic state's
+dependencies at shifted offsets, which ``inherit_dependencies`` cannot
+give, and SMB1 exceptions lost the process id echo.
 
 The generic transition stays for values never seen. A new state has few
 samples, often too few for content inference to prove the ids it must echo;
@@ -130,7 +133,7 @@ def split_by_answer(
     # other's requests into a state that never learned their continuation.
     for new, (generic, _) in sorted(parents.items()):
         machine.states[new].transitions = [
-            Transition(t.pattern, t.target, t.samples, list(t.examples), t.verbatim)
+            Transition(t.pattern, t.target, t.samples, list(t.examples), t.verbatim, t.exception)
             for t in machine.states[generic].transitions
         ]
     return parents
@@ -227,28 +230,30 @@ def _exceptions(
     pattern: Pattern, rows: Sequence[_Row]
 ) -> tuple[tuple[int, ...], dict[Key, list[_Row]]] | None:
     """In a transition of fewer than ``EXCEPTION_ROWS`` requests with a region whose
-    values vary in length: the requests (all mutating regions' values) whose
-    answers differ from another request's (module doc, *exceptions*)."""
+    values vary in length and none drawn per request (``_drawn``): the requests
+    whose answers differ from another request's (module doc, *exceptions*)."""
     if len(rows) >= EXCEPTION_ROWS:
         return None
     ks = tuple(k for k, region in enumerate(pattern.regions) if not region.is_fixed)
-    if not any(len({len(_value(row, k)) for row in rows}) > 1 for k in ks):
+    values = {k: [_value(row, k) for row in rows] for k in ks}
+    if not any(len({len(v) for v in values[k]}) > 1 for k in ks):
         return None
-    if any(_id_like(pattern.regions[k], [_value(row, k) for row in rows]) for k in ks):
-        return None  # the exact request will not come again
+    if any(_drawn(values[k]) for k in ks):
+        return None  # the exact request never comes again
     groups: dict[Key, list[_Row]] = defaultdict(list)
     for row in rows:
-        key = tuple(_value(row, k) for k in ks)
         if len(row.request) <= MAX_VALUE_LEN:
-            groups[key].append(row)
+            groups[tuple(_value(row, k) for k in ks)].append(row)
     differing = _differing(groups)
     return (ks, differing) if differing else None
 
 
-def _id_like(region: Region, values: Sequence[bytes]) -> bool:
-    """A fixed-width field of 2+ bytes with a new value in every request: an id drawn
-    per connection or message (a query id, a process id), so no request recurs."""
-    return region.min_len == region.max_len >= 2 and len(set(values)) == len(values)
+def _drawn(values: Sequence[bytes]) -> bool:
+    """Values of one length (2+ bytes), a new one in every request: drawn per request
+    or connection (a query id, a cookie, a process id), not an argument; the exact
+    request will not come again."""
+    lengths = {len(v) for v in values}
+    return len(lengths) == 1 and min(lengths) >= 2 and len(set(values)) == len(values)
 
 
 def _value(row: _Row, k: int) -> bytes:
@@ -371,8 +376,7 @@ def _add(
     regions = list(generic.pattern.regions)
     for k, value in values.items():
         regions[k] = Region(value)
-    verbatim = exact and all(r.is_fixed for r in regions)
-    if verbatim:  # one request: the form the learner's verbatim transitions have
+    if exact:  # every region fixed: one request, in the form of a literal
         pattern = Pattern.literal(b"".join(r.fixed or b"" for r in regions))
     else:
         pattern = Pattern(tuple(regions))
@@ -386,8 +390,9 @@ def _add(
     target.samples = len(rows)
     target.ends = dict(Counter(r.end for r in rows if r.end is not None))
     examples = sorted({r.request for r in rows})[:8]
-    # An exception (every region fixed) is one recorded request, like the learner's
-    # verbatim leftovers: content inference walks past it, a later refinement may
-    # absorb it into the general transition.
-    state.transitions.append(Transition(pattern, target.id, len(rows), examples, verbatim))
+    # An exception is one request kept with its own answer: content inference walks
+    # past it, so the generic state keeps its samples and the exception's state
+    # inherits its dependencies (inherit_dependencies).
+    transition = Transition(pattern, target.id, len(rows), examples, exception=exact)
+    state.transitions.append(transition)
     return target.id

@@ -373,7 +373,9 @@ class Learner:
         exemplars: list[bytes] = []
         owners: list[Transition] = []
         if self.options.regeneralise:
-            for t in state.transitions:
+            # Exceptions (answersplit) are requests kept with their own answer, taken
+            # from a general transition's samples: not a kind to regeneralise.
+            for t in (t for t in state.transitions if not t.exception):
                 for e, copies in self._weighted_examples(t):
                     exemplars.extend([e] * copies)
                     owners.extend([t] * copies)
@@ -540,7 +542,7 @@ class Learner:
         target states are merged, as if the one-off had been in its cluster
         from the start. Returns how many were absorbed.
         """
-        general = [t for t in state.transitions if not t.verbatim]
+        general = [t for t in state.transitions if not t.verbatim and not t.exception]
         if not general:
             return 0
         absorbed = 0
@@ -759,6 +761,7 @@ def _dedupe(state: State, learner: Learner) -> None:
             continue
         first.samples += t.samples
         first.verbatim = first.verbatim and t.verbatim
+        first.exception = first.exception and t.exception
         for e in t.examples:
             learner._remember(first, e)
     state.transitions = out

@@ -77,6 +77,11 @@ class Transition:
     # analysis needs): the pattern is that request byte for byte, nothing is
     # generalised, and a general transition that later covers it absorbs it.
     verbatim: bool = False
+    # A request kept with the answer the server gave to it, beside a general
+    # transition that answers every other value (scriptgen.learn.answersplit,
+    # exceptions): not a kind of request of its own, so content inference
+    # walks past it (its state inherits the general state's dependencies).
+    exception: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -88,6 +93,8 @@ class Transition:
             d["examples"] = [e.hex() for e in self.examples]
         if self.verbatim:
             d["verbatim"] = True
+        if self.exception:
+            d["exception"] = True
         return d
 
     @classmethod
@@ -101,7 +108,11 @@ class Transition:
             raise ValueError(f"transition verbatim flag {verbatim!r} is not a boolean")
         if verbatim and not all(r.is_fixed for r in pattern.regions):
             raise ValueError("a verbatim transition has a mutating region")
-        return cls(pattern, int(obj["target"]), int(obj.get("samples", 0)), examples, verbatim)
+        exception = obj.get("exception", False)
+        if not isinstance(exception, bool):
+            raise ValueError(f"transition exception flag {exception!r} is not a boolean")
+        samples = int(obj.get("samples", 0))
+        return cls(pattern, int(obj["target"]), samples, examples, verbatim, exception)
 
 
 @dataclass(slots=True)
@@ -129,10 +140,11 @@ class State:
         """The matching function: exact match on every fixed region; among
         several matches, the one with the most fixed bytes wins (ties: the
         earlier transition, so the choice is deterministic). ``general_only``:
-        as if the verbatim (one recorded request) transitions were not there."""
+        as if the verbatim (one recorded request) and exception transitions
+        were not there."""
         best: tuple[Transition, Any] | None = None
         for t in self.transitions:
-            if general_only and t.verbatim:
+            if general_only and (t.verbatim or t.exception):
                 continue
             if best is not None and t.pattern.specificity <= best[0].pattern.specificity:
                 continue
