@@ -419,3 +419,30 @@ def test_real_dns_queries_start_with_a_mutating_transaction_id() -> None:
     for c in clusters:
         first = c.pattern.regions[0]
         assert not first.is_fixed and first.min_len >= 2, c.pattern.describe()
+
+
+def test_answer_linking_joins_one_field_pairs_answered_alike_only() -> None:
+    """CWD docs / CWD pub are 0.37 apart (past the 0.35 cut): linked when both were
+    answered in one shape, not when the answers differ in shape, not without answers."""
+    samples = [b"CWD docs\r\n", b"CWD pub\r\n", b"CWD images\r\n"]
+    ok = [b"250 Directory successfully changed.\r\n"] * 3
+    opts = RegionOptions(min_cluster_size=2)
+    assert len(analyse(samples, opts, ok)) == 1
+    assert analyse(samples, opts) == []  # requests alone: three one-offs
+    mixed = [ok[0], b"550 Failed to change directory.\r\n", b"+\x00\x01\r\n"]
+    assert all(len(c.members) < 3 for c in analyse(samples, opts, mixed))
+
+
+def test_one_span_looks_at_head_and_tail_windows_only() -> None:
+    """Long requests cost no more than short ones: head and tail are searched in a
+    window, and a pair too long for the span bound is refused at once."""
+    from scriptgen.learn.regions import LINK_SPAN, _one_span
+
+    assert _one_span(b"CWD docs\r\n", b"CWD pub\r\n")
+    assert not _one_span(b"GET a\r\n", b"SET a\r\n")  # head shorter than LINK_HEAD
+    long_a = b"HEAD" + b"a" * 5000 + b"\r\n"
+    long_b = b"HEAD" + b"b" * 5000 + b"\r\n"
+    assert not _one_span(long_a, long_b, window=16)  # 5006 > (LINK_SPAN + 1) * 2 * 16
+    framed = b"x" * 200
+    assert _one_span(framed + b"1" * 10 + framed, framed + b"2" * 12 + framed, window=256)
+    assert LINK_SPAN >= 1

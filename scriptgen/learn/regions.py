@@ -358,14 +358,17 @@ def _link_by_answers(
     then stays its own exact transition, and what follows it is learned
     once per value. A pair is linked when its distance is at most
     ``answer_link_distance``, it differs in one span only (``_one_span``:
-    behind a shared head of ``LINK_HEAD``+ bytes, before a shared tail) and
-    both requests got answers of one same shape (``scriptgen.model.shape``).
-    The requests alone cannot tell such a pair from two commands that differ
-    in one word after a shared framing; the answers can (a stored value and
-    a count differ in shape). Several differing spans are never linked:
-    different commands with different arguments can share an answer shape
-    (a number). Linked at the cut, a pair still stays apart when the rest of
-    the tree (average linkage) pulls it apart.
+    behind a shared head of ``LINK_HEAD``+ bytes, before a shared tail, at
+    most ``LINK_SPAN`` times the bytes they share) and both requests got
+    answers of one same shape (``scriptgen.model.shape``). The requests
+    alone cannot tell such a pair from two commands that differ in one word
+    after a shared framing; the answers can (a stored value and a count
+    differ in shape). The span bound keeps out most pairs that differ in a
+    command word *and* its arguments (redis ``DEL k`` / ``STRLEN k2``, both
+    answered with a number), though not all: ``ECHO hello`` / ``PING abc``
+    (both answered with the argument) are linked. Linked at the cut, a pair
+    still stays apart when the rest of the tree (average linkage) pulls it
+    apart.
     """
     if options.answer_link_distance <= options.distance_threshold:
         return
@@ -376,14 +379,19 @@ def _link_by_answers(
             dist[i, j] = dist[j, i] = options.distance_threshold
 
 
-def _one_span(a: bytes, b: bytes) -> bool:
+def _one_span(a: bytes, b: bytes, window: int = 256) -> bool:
     """``a`` and ``b`` share a head of ``LINK_HEAD``+ bytes and a non-empty tail, and
-    differ only in the bytes between: at most ``LINK_SPAN`` times the bytes shared
-    (a field, not a different message in the same framing)."""
-    head = _common_head(a, b)
+    differ only in the bytes between them (one span, which may hold several
+    differences), at most ``LINK_SPAN`` times the bytes shared: a field, not a
+    different message in the same framing. Head and tail are looked for in the
+    first and last ``window`` bytes only, so long requests cost no more than
+    short ones (a request longer than the bound allows is refused at once)."""
+    if max(len(a), len(b)) > (LINK_SPAN + 1) * 2 * window:
+        return False
+    head = _common_head(a[:window], b[:window])
     if head < LINK_HEAD:
         return False
-    rest = min(len(a), len(b)) - head
+    rest = min(len(a), len(b), window + head) - head
     tail = _common_head(a[len(a) - rest :][::-1], b[len(b) - rest :][::-1]) if rest else 0
     shared = head + tail
     return tail >= 1 and max(len(a), len(b)) - shared <= LINK_SPAN * shared
