@@ -257,3 +257,26 @@ def test_a_datagram_of_a_general_transition_from_too_few_requests_is_doubted() -
     mixed = _state({b":1\r\n": 1, b"$-1\r\n": 1, b"*0\r\n": 1})
     assert udp(3, mixed) is None  # shapes are not checked for datagrams
     assert doubtful(Transition(general, 1, samples=1), one, 8) is None  # TCP: one shape
+
+
+def test_an_echo_nothing_proves_yet_is_doubted_on_tcp() -> None:
+    """redis ECHO learned from one request: its answer holds the argument the client
+    chose, no dependency copies it yet, so every later client would get the old
+    argument back (one shape: the shape rule does not see it)."""
+    from scriptgen.model import Pattern, Region
+
+    echo = Pattern((Region(b"ECHO "), Region.mutating(1, 40), Region(b"\r\n")))
+    heard = _state({b"$5\r\nhello\r\n": 1})
+
+    def tcp(samples: int, state, examples=(b"ECHO hello\r\n",)):  # type: ignore[no-untyped-def]
+        return doubtful(Transition(echo, 1, samples, list(examples)), state, 8)
+
+    assert tcp(1, heard) == {"samples": 1, "echo": True}
+    assert tcp(2, heard) == {"samples": 2, "echo": True}
+    assert tcp(3, heard) is None  # enough requests for inference to prove the copy
+    copies = _state({b"$5\r\nhello\r\n": 1})
+    copies.dependencies = [{"kind": "copy-region", "at": 4, "len": 5, "request": 0, "region": 1}]
+    assert tcp(1, copies) is None  # proven: the emulator echoes the live value
+    assert tcp(1, _state({b"+OK\r\n": 1})) is None  # nothing of the request in the answer
+    assert tcp(1, heard, examples=(b"ECHO hi\r\n",)) is None  # values under 3 bytes: chance
+    assert tcp(1, heard, examples=()) is None  # no example kept: nothing to compare

@@ -64,6 +64,8 @@ EMULATING, CONNECTING, REPLAYING, RELAYING, CLOSED = (
 # Samples content inference needs to prove a link in one state on its own
 # (scriptgen.learn.content.ContentOptions.min_samples).
 PROOF = 3
+_ECHO_VALUE = 256  # longest request value looked for in answers (``_echoed``)
+_ECHO_SCAN = 1024  # bytes of each answer looked in
 
 
 def doubtful(
@@ -85,6 +87,13 @@ def doubtful(
     request it matches, and a matching request is never proxied otherwise.
     On TCP this rule cost more than it gave (docs/proxy.md, redis: 122
     proxied runs of 200 instead of 98, three more activities never emulated).
+
+    On TCP a narrower one holds: a transition learned from fewer than
+    ``PROOF`` requests whose state copies nothing although a recorded answer
+    holds a value the client chose in a mutating region of an example
+    request (``_echoed``: redis ``ECHO hello`` -> ``$5\r\nhello``) would send
+    that old value to every client; the real host's answers are the samples
+    that prove the copy.
     """
     if min_samples <= 0 or transition.samples >= min_samples:
         return None
@@ -92,12 +101,30 @@ def doubtful(
         if 0 < transition.samples < PROOF and _general(transition.pattern):
             return None if state.dependencies else {"samples": transition.samples, "general": True}
         return None
+    if transition.samples < PROOF and not state.dependencies and _echoed(transition, state):
+        return {"samples": transition.samples, "echo": True}
     if len(state.answers) < 2:
         return None
     forms = {shape(a) for a in state.answers}
     if len(forms) < 2:
         return None
     return {"samples": transition.samples, "shapes": len(forms)}
+
+
+def _echoed(transition: Any, state: Any) -> bool:
+    """Some answer of the state holds the value of a mutating region (3+ bytes) of
+    one of the transition's example requests: an echo nothing proves yet."""
+    values = set()
+    for example in transition.examples[:8]:
+        m = transition.pattern.fullmatch(example)
+        if m is None:
+            continue
+        for k, region in enumerate(transition.pattern.regions):
+            value = example[m.start(k + 1) : m.end(k + 1)]
+            if region.fixed is None and 3 <= len(value) <= _ECHO_VALUE:
+                values.add(value)
+    answers = [a[:_ECHO_SCAN] for a in list(state.answers)[:16]]
+    return any(v in a for v in values for a in answers)
 
 
 def _general(pattern: Any) -> bool:
