@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scriptgen.learn import answersplit
 from scriptgen.learn.answersplit import split_by_answer
@@ -327,3 +329,26 @@ def test_a_large_transition_keeps_no_exceptions() -> None:
     m = typed_machine()
     Learner(m, lambda requests, answers: []).add(fewer)
     assert len(split_by_answer(m, fewer)) == answersplit.EXCEPTION_ROWS - 1
+
+
+_arg = st.binary(min_size=0, max_size=12).filter(lambda b: b"\r" not in b)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(_arg, st.binary(max_size=20)), min_size=1, max_size=12))
+def test_splits_never_change_what_replays_property(pairs) -> None:
+    """Hostile arguments and answers: after the split every dialog still walks to its
+    end, and exceptions are exact, at most one per distinct request."""
+    m = typed_machine()
+    dialogs = [typed(b"S", a, ans) for a, ans in pairs]
+    Learner(m, lambda requests, answers: []).add(dialogs)
+    split_by_answer(m, dialogs)
+    for d in dialogs:
+        state = m.states[m.root]
+        for turn in d.suffix.turns:
+            hit = state.best_transition(turn.request)
+            assert hit is not None, turn.request
+            state = m.states[hit[0].target]
+    exceptions = [t for t in m.states[0].transitions if t.exception]
+    assert all(len(t.pattern.regions) == 1 and t.pattern.regions[0].is_fixed for t in exceptions)
+    assert len(exceptions) <= len({a for a, _ in pairs})

@@ -256,6 +256,42 @@ def test_invariants_property(samples, min_size, island, threshold, align_len) ->
     assert canonical(samples[::-1], again) == canonical(samples, clusters)
 
 
+answer = st.one_of(
+    st.none(),
+    st.sampled_from([b"250 ok\r\n", b"550 no\r\n", b":1\r\n", b"$-1\r\n", b""]),
+    st.binary(max_size=30),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(request, answer), max_size=40),
+    st.integers(min_value=1, max_value=3),
+    st.floats(min_value=0.0, max_value=0.6),
+    st.floats(min_value=0.0, max_value=1.0),
+)
+def test_invariants_with_answers_property(pairs, min_size, threshold, link) -> None:
+    """Answers (hostile, missing, empty) only ever link pairs: every member still
+    fullmatches its pattern, and the result does not depend on the order."""
+    samples, answers = [p[0] for p in pairs], [p[1] for p in pairs]
+    options = RegionOptions(
+        distance_threshold=threshold,
+        answer_link_distance=link,
+        min_cluster_size=min_size,
+        micro_min_count=min_size,
+        max_samples=25,
+    )
+    clusters = analyse(samples, options, answers)
+    check_invariants(samples, clusters)
+    again = analyse(samples[::-1], options, answers[::-1])
+    assert canonical(samples[::-1], again) == canonical(samples, clusters)
+
+
+def test_answers_must_match_the_samples() -> None:
+    with pytest.raises(ValueError, match="one answer"):
+        analyse([b"a", b"b"], RegionOptions(), [b"x"])
+
+
 def test_small_inputs() -> None:
     assert analyse([]) == []
     assert analyse([b"hello"]) == []  # one request is not a cluster
