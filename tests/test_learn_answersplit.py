@@ -102,9 +102,15 @@ def test_a_split_state_inherits_its_parents_dependencies_when_it_cannot_prove_it
     assert inherit_dependencies(m, parents) == 2
     by_answer = {m.states[c].answer: m.states[c].dependencies for c in parents}
     # The id at byte 0 is rewritten anyway; the split region's echo is not needed
-    # (the value is fixed); byte 5 lies where the templates agree (+PONG) or not (:10).
+    # (the value is fixed); byte 5 lies where the templates agree from the start
+    # (+PONG) or from the end (:10, two bytes shorter: moved to byte 3).
     assert by_answer[b"+PONG\r\n"] == [ident, late]
-    assert by_answer[b":10\r\n"] == [ident]
+    assert by_answer[b":10\r\n"] == [ident, {**late, "at": 3}]
+    m.states[1].answer = b"*PONG\r!"  # the end differs too: nothing after the head
+    for c in parents:
+        m.states[c].dependencies = []
+    inherit_dependencies(m, parents)
+    assert {m.states[c].answer: m.states[c].dependencies for c in parents}[b":10\r\n"] == [ident]
 
 
 def test_a_split_state_keeps_the_verbatim_flag_of_the_transitions_it_copies() -> None:
@@ -291,10 +297,11 @@ def test_no_exceptions_without_answers_or_lengths_that_differ(args, answers) -> 
     assert split_by_answer(m, dialogs) == {}
 
 
-def test_no_exceptions_when_a_field_is_drawn_per_request() -> None:
-    """A 2-byte field new in every request (a query id) means the exact requests never
-    come again: exceptions would only grow the model. The test is on the values,
-    not the pattern (small clusters widen fixed-width regions: a cookie <4..16>)."""
+def test_an_exception_leaves_a_field_drawn_per_request_mutating() -> None:
+    """A query id new in every request: fixed, the exception would never match again.
+    It stays mutating, the name is fixed: a new query for a name seen gets that
+    name's answer; a new name gets the generic one. Judged on the values, not the
+    pattern (small clusters widen fixed-width regions: <1..4> here)."""
     pattern = Pattern(
         (Region.mutating(1, 4), Region(b" "), Region.mutating(0, 32), Region(b"\r\n"))
     )
@@ -302,18 +309,53 @@ def test_no_exceptions_when_a_field_is_drawn_per_request() -> None:
     m.states[0].transitions.append(Transition(pattern, m.new_state().id))
     names = (b"www", b"mail", b"files")
     dialogs = [
-        Dialog("tcp", 7000, b"", Suffix((Turn(b"%02d %s\r\n" % (i, n), b"A %d\r\n" % i),)))
+        Dialog("tcp", 7000, b"", Suffix((Turn(b"%02d %s\r\n" % (i, n), b"A 10.0.0.%d\r\n" % i),)))
         for i, n in enumerate(names)
     ]
     Learner(m, lambda requests, answers: []).add(dialogs)
-    assert split_by_answer(m, dialogs) == {}
-    same_id = [
-        Dialog("tcp", 7000, b"", Suffix((Turn(b"07 %s\r\n" % n, b"A %d\r\n" % i),)))
-        for i, n in enumerate(names)
+    parents = split_by_answer(m, dialogs)
+    assert set(parents.values()) == {(1, (2,))}  # the name region, not the id
+    consolidate(m)
+    for i, n in enumerate(names):
+        transition, _ = m.states[0].best_transition(b"99 %s\r\n" % n)
+        assert transition.exception
+        assert m.states[transition.target].answer == b"A 10.0.0.%d\r\n" % i
+    transition, _ = m.states[0].best_transition(b"42 db\r\n")
+    assert transition.target == 1  # a name never seen: the generic transition
+
+
+ANSWERS = (b"A 00 A\r\n", b"BB 01 BB\r\n", b"CCC 02 CCC\r\n")
+
+
+def test_an_exception_that_cannot_inherit_every_dependency_is_dropped() -> None:
+    """The generic state echoes the live id; an exception whose template does not line
+    up with the generic one where the id is would send the recorded id: dropped."""
+    from scriptgen.learn.answersplit import drop_incomplete_exceptions, inherit_dependencies
+
+    pattern = Pattern(
+        (Region.mutating(2, 2), Region(b" "), Region.mutating(0, 32), Region(b"\r\n"))
+    )
+    m = Machine("tcp", 7000)
+    m.states[0].transitions.append(Transition(pattern, m.new_state().id))
+    names = (b"www", b"mail", b"files")
+    dialogs = [
+        Dialog("tcp", 7000, b"", Suffix((Turn(b"%02d %s\r\n" % (i, n), ans),)))
+        for i, (n, ans) in enumerate(zip(names, ANSWERS, strict=True))
     ]
-    parents = split_by_answer(m, same_id)  # the same "id" every time: an argument
+    Learner(m, lambda requests, answers: []).add(dialogs)
+    parents = split_by_answer(m, dialogs)
     assert len(parents) == 3
-    assert all(t.exception for t in m.states[0].transitions if t.target in parents)
+    consolidate(m)
+    # the id echoed between two name-dependent parts: it lines up from neither end
+    m.states[1].answer = ANSWERS[0]
+    m.states[1].dependencies = [
+        {"kind": "copy", "at": 2, "len": 2, "request": 0, "region": 0, "offset": 0}
+    ]
+    inherit_dependencies(m, parents)
+    assert drop_incomplete_exceptions(m, parents) == 2  # BB..., CCC...: the id moved
+    kept = [t for t in m.states[0].transitions if t.exception]
+    assert len(kept) == 1 and m.states[kept[0].target].dependencies  # A...: lines up
+    assert set(parents) == {kept[0].target}
 
 
 def test_a_large_transition_keeps_no_exceptions() -> None:

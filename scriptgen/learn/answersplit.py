@@ -146,31 +146,82 @@ def inherit_dependencies(machine: Machine, parents: dict[int, tuple[int, tuple[i
     A dependency on a split region is left out (the child's pattern holds that
     value fixed and its template already carries it); the others are kept when
     they lie in the part where both templates agree, bytes that the kept
-    dependencies rewrite anyway counting as agreeing (an echoed id).
+    dependencies rewrite anyway counting as agreeing (an echoed id): the head
+    the two templates share keeps its offsets, the tail they share is moved by
+    the difference of their lengths (an answer that names the argument is
+    longer or shorter in the middle: an echoed cookie at the end still lines up).
     """
     done = 0
     for child_id, (parent_id, ks) in sorted(parents.items()):
         child, parent = machine.states.get(child_id), machine.states.get(parent_id)
         if child is None or parent is None or child.dependencies or not parent.dependencies:
             continue
-        deps = [
-            dict(d)
-            for d in parent.dependencies
-            if not (d.get("region") in ks and d.get("request", 0) == 0)
-        ]
-        covered = {
-            i for d in deps for i in range(int(d.get("at", 0)), _end(d)) if _end(d) < 1 << 20
-        }
-        common = 0
-        for i, (x, y) in enumerate(zip(child.answer, parent.answer, strict=False)):
-            if x != y and i not in covered:
-                break
-            common = i + 1
-        kept = [d for d in deps if _end(d) <= common]
+        kept = _inherited(child.answer, parent.answer, _applicable(parent.dependencies, ks))
         if kept:
             child.dependencies = kept
             done += 1
     return done
+
+
+def _applicable(deps: list[dict], ks: tuple[int, ...]) -> list[dict]:
+    """The parent's dependencies but those copying a region the split fixed."""
+    return [dict(d) for d in deps if not (d.get("region") in ks and d.get("request", 0) == 0)]
+
+
+def _inherited(child: bytes, parent: bytes, deps: list[dict]) -> list[dict]:
+    """``deps`` (at the parent template's offsets) that lie where the child's template
+    agrees with the parent's, from the start or from the end, moved to the child's."""
+    covered = {i for d in deps for i in range(int(d.get("at", 0)), _end(d)) if _end(d) < 1 << 20}
+    head = 0
+    for i, (x, y) in enumerate(zip(child, parent, strict=False)):
+        if x != y and i not in covered:
+            break
+        head = i + 1
+    shift = len(child) - len(parent)
+    tail = 0  # bytes agreeing from the end, not overlapping the head in either template
+    while tail < min(len(child), len(parent)) - head:
+        i = len(parent) - 1 - tail
+        if child[i + shift] != parent[i] and i not in covered:
+            break
+        tail += 1
+    out = []
+    for d in deps:
+        if _end(d) <= head:
+            out.append(d)
+        elif int(d.get("at", 0)) >= len(parent) - tail and _end(d) <= len(parent):
+            out.append({**d, "at": int(d["at"]) + shift})
+    return sorted(out, key=lambda d: (int(d["at"]), str(d.get("kind"))))
+
+
+def drop_incomplete_exceptions(
+    machine: Machine, parents: dict[int, tuple[int, tuple[int, ...]]]
+) -> int:
+    """Remove the exceptions whose state lacks one of its parent's applicable
+    dependencies after inference and inheritance (a process id at an offset the
+    two templates do not share): it would answer with a stale id where the
+    generic state echoes the live one. Returns how many were removed."""
+    exceptional = {
+        t.target for st in machine.states.values() for t in st.transitions if t.exception
+    }
+    gone = _lacking(machine, {c: p for c, p in parents.items() if c in exceptional})
+    for st in machine.states.values():
+        st.transitions = [t for t in st.transitions if not (t.exception and t.target in gone)]
+    for sid in gone:
+        machine.states.pop(sid, None)
+        parents.pop(sid, None)
+    return len(gone)
+
+
+def _lacking(machine: Machine, parents: dict[int, tuple[int, tuple[int, ...]]]) -> set[int]:
+    """Split states with fewer dependencies than their parent's applicable ones."""
+    lacking = set()
+    for child_id, (parent_id, ks) in parents.items():
+        child, parent = machine.states.get(child_id), machine.states.get(parent_id)
+        if child is None or parent is None:
+            continue
+        if len(child.dependencies) < len(_applicable(parent.dependencies, ks)):
+            lacking.add(child_id)
+    return lacking
 
 
 def _end(dep: dict[str, object]) -> int:
@@ -230,28 +281,29 @@ def _exceptions(
     pattern: Pattern, rows: Sequence[_Row]
 ) -> tuple[tuple[int, ...], dict[Key, list[_Row]]] | None:
     """In a transition of fewer than ``EXCEPTION_ROWS`` requests with a region whose
-    values vary in length and none drawn per request (``_drawn``): the requests
-    whose answers differ from another request's (module doc, *exceptions*)."""
+    values vary in length: the regions to fix (every mutating one but those drawn
+    per request, ``_drawn``) and the requests grouped by their values there,
+    those whose answers differ from another group's (module doc, *exceptions*)."""
     if len(rows) >= EXCEPTION_ROWS:
         return None
-    ks = tuple(k for k, region in enumerate(pattern.regions) if not region.is_fixed)
-    values = {k: [_value(row, k) for row in rows] for k in ks}
+    mutating = [k for k, region in enumerate(pattern.regions) if not region.is_fixed]
+    values = {k: [_value(row, k) for row in rows] for k in mutating}
+    ks = tuple(k for k in mutating if not _drawn(values[k]))
     if not any(len({len(v) for v in values[k]}) > 1 for k in ks):
         return None
-    if any(_drawn(values[k]) for k in ks):
-        return None  # the exact request never comes again
     groups: dict[Key, list[_Row]] = defaultdict(list)
-    for row in rows:
-        if len(row.request) <= MAX_VALUE_LEN:
-            groups[tuple(_value(row, k) for k in ks)].append(row)
+    for n, row in enumerate(rows):
+        key = tuple(values[k][n] for k in ks)
+        if all(key) and len(row.request) <= MAX_VALUE_LEN:
+            groups[key].append(row)
     differing = _differing(groups)
     return (ks, differing) if differing else None
 
 
 def _drawn(values: Sequence[bytes]) -> bool:
     """Values of one length (2+ bytes), a new one in every request: drawn per request
-    or connection (a query id, a cookie, a process id), not an argument; the exact
-    request will not come again."""
+    or connection (a query id, a cookie, a process id), not an argument; fixed, the
+    exception would never match again, so it stays mutating."""
     lengths = {len(v) for v in values}
     return len(lengths) == 1 and min(lengths) >= 2 and len(set(values)) == len(values)
 
@@ -376,7 +428,7 @@ def _add(
     regions = list(generic.pattern.regions)
     for k, value in values.items():
         regions[k] = Region(value)
-    if exact:  # every region fixed: one request, in the form of a literal
+    if exact and all(r.is_fixed for r in regions):  # one request, as a literal
         pattern = Pattern.literal(b"".join(r.fixed or b"" for r in regions))
     else:
         pattern = Pattern(tuple(regions))

@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from scriptgen import __version__
-from scriptgen.learn.answersplit import inherit_dependencies, split_by_answer
+from scriptgen.learn.answersplit import (
+    drop_incomplete_exceptions,
+    inherit_dependencies,
+    split_by_answer,
+)
 from scriptgen.learn.consolidate import consolidate
 from scriptgen.learn.content import infer_dependencies
 from scriptgen.learn.dialog import Dialog, DialogStats, group_dialogs
@@ -137,6 +141,7 @@ def learn_machine(
         consolidate(machine)
         infer_dependencies(machine, dialogs)
         inherit_dependencies(machine, parents)
+        drop_incomplete_exceptions(machine, parents)
     return len(steps)
 
 
