@@ -250,13 +250,29 @@ def test_random_value_echoed_in_a_fixed_request_region_stays() -> None:
 def test_clock_field_set_to_now() -> None:
     m = chain(Pattern((fx(b"TIME"),)))
     base = 1_700_000_000
-    ds = dialogs([[(b"TIME", b"T" + (base + 37 * i).to_bytes(4, "big") + b".")] for i in range(4)])
+    ds = dialogs([[(b"TIME", b"T" + (base + 37 * i).to_bytes(4, "big") + b".")] for i in range(5)])
     learn(m, ds)
     assert m.states[1].dependencies == [
         {"kind": "clock", "at": 1, "width": 4, "endian": "big", "unit": "s"}
     ]
     (got,) = live(m, [b"TIME"], Rewriter(random.Random(1), clock=lambda: 1_800_000_000.5))
     assert got == b"T" + (1_800_000_000).to_bytes(4, "big") + b"."
+
+
+def test_three_addresses_in_capture_order_are_no_clock() -> None:
+    """192.0.2.45, .53, .79 read as big-endian seconds fall in 2072 and happen to grow
+    in capture order (one time in six): with fewer than CLOCK_SAMPLES samples no
+    clock is inferred, so the learned address is sent, not the current time."""
+    from scriptgen.learn.content import CLOCK_SAMPLES
+
+    m = chain(Pattern((fx(b"ADDR"),)))
+    addrs = [bytes([192, 0, 2, last]) for last in (45, 53, 79, 90, 101)]
+    few = dialogs([[(b"ADDR", b"A" + a + b".")] for a in addrs[: CLOCK_SAMPLES - 1]])
+    learn(m, few)
+    assert not any(d["kind"] == "clock" for d in m.states[1].dependencies)
+    m = chain(Pattern((fx(b"ADDR"),)))
+    learn(m, dialogs([[(b"ADDR", b"A" + a + b".")] for a in addrs[:CLOCK_SAMPLES]]))
+    assert any(d["kind"] == "clock" for d in m.states[1].dependencies)  # the limit of the rule
 
 
 def test_link_borrowed_by_a_state_with_too_few_samples() -> None:

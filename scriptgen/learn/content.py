@@ -541,6 +541,9 @@ def _as_unix(value: int, unit: str) -> float:
     return value / _UNITS[unit]
 
 
+CLOCK_SAMPLES = 5  # samples a clock needs (``_clock_field``)
+
+
 def _clock_field(answers: np.ndarray, lo: int, hi: int) -> dict[str, Any] | None:
     """A 4/8-byte integer covering [lo, hi) that reads as a recent date in every sample.
 
@@ -549,10 +552,14 @@ def _clock_field(answers: np.ndarray, lo: int, hi: int) -> dict[str, Any] | None
     elsewhere (a type code next to zeros) is chance. The samples come in
     capture order, so a clock never goes back from one to the next: without
     that test an address (192.0.2.10, .25, .79 read as seconds fall in 2072)
-    was rewritten with the current time.
+    was rewritten with the current time. Three addresses are in capture order
+    by chance one time in six (online learning: the DNS address of every name
+    became the current time), five one time in 120: fewer than
+    ``CLOCK_SAMPLES`` samples prove no clock (a stale time is a smaller error
+    than a rewritten address).
     """
     n_len = answers.shape[1]
-    if _distinct(answers, lo, hi) < answers.shape[0]:
+    if answers.shape[0] < CLOCK_SAMPLES or _distinct(answers, lo, hi) < answers.shape[0]:
         return None
     for width in (8, 4):
         for endian in ("little", "big"):
