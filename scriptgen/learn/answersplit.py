@@ -39,22 +39,27 @@ ftp 0.996 -> 0.996, others unchanged. Copying the splits was needed to keep
 *Exceptions*: a transition learned from fewer than ``EXCEPTION_ROWS`` (8)
 requests where no region's values recur (online learning: each argument
 seen once) can still hold requests with different answers (``SIZE`` of two
-files). When a region's values vary in length among the requests (names,
-keys, paths: an argument) and no region holds a new value of one length
-in every request (``_drawn``: a query id, a cookie, a process id -- the
-exact request would never come again), each request whose answer differs
-from another's (``_differing``, single requests counted) gets an exact
-sub-transition flagged ``exception``: the request seen gets its own answer
-back, the generic transition still answers every other value (the most
-frequent answer). Content inference walks past exceptions (the generic
-state keeps its samples), and the learner never absorbs or regeneralises
-them. Single requests are evidence enough here because nothing is lost
-when one never recurs (the split state copies the generic state's
-transitions), and the size bound keeps the model from growing with large
-clusters. Keeping the id mutating (a DNS name's own address with a new
-query id) was tried: the exception's state then needs the generic state's
-dependencies at shifted offsets, which ``inherit_dependencies`` cannot
-give, and SMB1 exceptions lost the process id echo.
+files, a DNS query for two names). When a region's values vary in length
+among the requests (names, keys, paths: an argument), the requests are
+grouped by the values of every mutating region but those holding a new
+value of one length in every request (``_drawn``: a query id, a cookie,
+which stay mutating: fixed, the exception would never match again), and
+each group whose answer differs from another's (``_differing``, single
+requests counted) gets a sub-transition with those regions fixed, flagged
+``exception``: the request seen gets its own answer back (a DNS name its
+own address, with the new query's id), the generic transition still
+answers every other value (the most frequent answer). Content inference
+walks past exceptions (the generic state keeps its samples), and the
+learner never absorbs or regeneralises them. An exception's state inherits
+the generic state's dependencies where the two answers line up, from the
+start or, moved by the length difference, from the end
+(``inherit_dependencies``); one that cannot inherit every applicable
+dependency is dropped (``drop_incomplete_exceptions``: it would send a
+stale id where the generic state echoes the live one; SMB1 exceptions lost
+the process id echo before this rule). Single requests are evidence
+enough here because nothing is lost when one never recurs (the split state
+copies the generic state's transitions), and the size bound keeps the
+model from growing with large clusters.
 
 The generic transition stays for values never seen. A new state has few
 samples, often too few for content inference to prove the ids it must echo;
