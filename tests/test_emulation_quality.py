@@ -84,10 +84,11 @@ def test_clock_inference_needs_time_to_go_forward() -> None:
 
     from scriptgen.learn.content import _clock_field
 
-    addresses = np.array([[192, 0, 2, 10], [192, 0, 2, 79], [192, 0, 2, 25]], dtype=np.uint8)
+    addresses = np.array([[192, 0, 2, x] for x in (10, 79, 25, 45, 53)], dtype=np.uint8)
     assert _clock_field(addresses, 3, 4) is None
     now = 1_795_837_420
-    clocks = np.array([list((now + d).to_bytes(4, "big")) for d in (0, 3, 9)], dtype=np.uint8)
+    steps = (0, 3, 9, 14, 20)  # content.CLOCK_SAMPLES: fewer prove no clock
+    clocks = np.array([list((now + d).to_bytes(4, "big")) for d in steps], dtype=np.uint8)
     assert _clock_field(clocks, 3, 4) == {
         "kind": "clock",
         "at": 0,
