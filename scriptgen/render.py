@@ -121,7 +121,7 @@ def render_text(machine: Machine, answer_limit: int = 40) -> str:
     c = machine.counts()
     lines = [
         f"{machine.protocol}/{machine.port}: {c['states']} states, {c['transitions']} transitions "
-        f"({c['verbatim']} exact), {c['bucketed']} suffixes in buckets"
+        f"({c['verbatim']} exact, {c['exceptions']} exceptions), {c['bucketed']} suffixes in buckets"
     ]
     caps = machine.provenance.get("captures", [])
     if caps:

@@ -186,8 +186,12 @@ def test_verbatim_leftovers_are_on_by_default_and_shown_as_exact(tmp_path):
     assert len(exact) == int(cells["verbatim"])
     assert all(len(t["pattern"]) <= 1 and "fixed" in t["pattern"][0] for t in exact)
     r = run_cli("show", str(tmp_path / "v"))
-    assert r.returncode == 0 and f"({len(exact)} exact)" in r.stdout.splitlines()[0]
+    exceptions = [t for s in model["states"] for t in s["transitions"] if t.get("exception")]
+    assert exceptions  # PING, DBSIZE ...: seen once each, answered differently
+    header = r.stdout.splitlines()[0]
+    assert r.returncode == 0 and f"({len(exact)} exact, {len(exceptions)} exceptions)" in header
     assert r.stdout.count("-- exact ") == len(exact)
+    assert r.stdout.count("-- exception ") == len(exceptions)
     r = run_cli(
         "train", "--no-verbatim", "--model-dir", str(tmp_path / "b"), str(capture("redis.pcap"))
     )

@@ -235,5 +235,6 @@ class Machine:
             "states": len(self.states),
             "transitions": sum(len(s.transitions) for s in self.states.values()),
             "verbatim": sum(t.verbatim for s in self.states.values() for t in s.transitions),
+            "exceptions": sum(t.exception for s in self.states.values() for t in s.transitions),
             "bucketed": sum(len(s.bucket) for s in self.states.values()),
         }
