@@ -103,6 +103,7 @@ def test_one_ftp_activity_is_answered_alone_after_at_most_3_proxied_sessions(tmp
                     emu.wait_count("scriptgen.proxy.learned", learned + 1, timeout=120)
                     emu.wait_served(loaded)
         assert proxied <= 3
+        assert len((emu.spool / "salt").read_bytes()) == 16  # online learning's secret
         relayed = emu.count("scriptgen.proxy.relaying")
         assert run_all(emu, rng, 4) == []  # vsftpd stopped: the emulator alone
         assert emu.count("scriptgen.proxy.relaying") == relayed

@@ -73,7 +73,8 @@ def test_region_keys_of_the_proxy_section_reach_the_learner_options(tmp_path: Pa
     from scriptgen.emulate.online import _options, region_overrides
     from scriptgen.learn.regions import RegionOptions
 
-    assert region_overrides(0, 0, 0.0) == {} and _options(region_overrides(0, 0)) is None
+    assert region_overrides(0, 0, 0.0) == {} and _options(region_overrides(0, 0)).region is None
+    assert _options({}, b"k" * 16).sample_salt == b"k" * 16  # the spool's secret travels
     opts = _options(region_overrides(0, 2, 0.4))
     assert opts.region == RegionOptions(micro_min_count=2, distance_threshold=0.4)
     ini = tmp_path / "s.ini"

@@ -66,11 +66,12 @@ def _transitions(model_dir: Path) -> dict[_Sig, dict[str, Any]]:
     return out
 
 
-def _options(region: dict[str, Any] | None) -> Any:
+def _options(region: dict[str, Any] | None, salt: bytes = b"") -> Any:
+    """Training options of online learning: region overrides and the spool's salt."""
     from scriptgen.learn.regions import RegionOptions
     from scriptgen.learn.trainer import TrainOptions
 
-    return TrainOptions(region=RegionOptions(**region)) if region else None
+    return TrainOptions(region=RegionOptions(**region) if region else None, sample_salt=salt)
 
 
 def _report(before: dict[_Sig, dict[str, Any]], after: dict[_Sig, dict[str, Any]],
@@ -85,7 +86,7 @@ def _report(before: dict[_Sig, dict[str, Any]], after: dict[_Sig, dict[str, Any]
 
 
 def learn_files(
-    model_dir: str, paths: list[str], region: dict[str, Any] | None = None
+    model_dir: str, paths: list[str], region: dict[str, Any] | None = None, salt: bytes = b""
 ) -> dict[str, Any]:
     """Worker entry: update + refine the models with the recordings; what is new.
 
@@ -99,7 +100,7 @@ def learn_files(
 
     directory = Path(model_dir)
     before = _transitions(directory) if directory.is_dir() else {}
-    report = train(paths, directory, _options(region))
+    report = train(paths, directory, _options(region, salt))
     return _report(before, _transitions(directory), report)
 
 
@@ -113,6 +114,7 @@ def relearn_files(
     base_dir: str,
     budget: int,
     region: dict[str, Any] | None = None,
+    salt: bytes = b"",
 ) -> dict[str, Any]:
     """Worker entry: ``_relearn``; when it fails and the batch alone can be learned,
     a recording of the history is what fails (it became unreadable: a damaged
@@ -120,17 +122,21 @@ def relearn_files(
     every new recording would end in failed/: the models as they are become
     the base instead. A batch that fails alone fails (the history is kept)."""
     try:
-        return _relearn(model_dir, paths, base_dir, budget, region, fresh=False)
+        return _relearn(model_dir, paths, base_dir, budget, region, False, salt)
     except Exception:
         if not _read_history(Path(base_dir))["recordings"] or not _learnable(
-            model_dir, paths, base_dir, region
+            model_dir, paths, base_dir, region, salt
         ):
             raise
-    return _relearn(model_dir, paths, base_dir, budget, region, fresh=True)
+    return _relearn(model_dir, paths, base_dir, budget, region, True, salt)
 
 
 def _learnable(
-    model_dir: str, paths: list[str], base_dir: str, region: dict[str, Any] | None
+    model_dir: str,
+    paths: list[str],
+    base_dir: str,
+    region: dict[str, Any] | None,
+    salt: bytes = b"",
 ) -> bool:
     """Whether the batch alone can be learned on the current models (a scratch copy)."""
     import shutil
@@ -143,7 +149,7 @@ def _learnable(
         for f in model_files(model_dir):
             shutil.copyfile(f, Path(tmp) / f.name)
         try:
-            train(paths, tmp, _options(region))
+            train(paths, tmp, _options(region, salt))
         except Exception:  # noqa: BLE001 -- the answer is the question asked
             return False
     return True
@@ -156,6 +162,7 @@ def _relearn(
     budget: int,
     region: dict[str, Any] | None,
     fresh: bool,
+    salt: bytes = b"",
 ) -> dict[str, Any]:
     """Learn the base model *and every recording learned online so far*
     at once, then install the result in ``model_dir``; what is new.
@@ -205,7 +212,7 @@ def _relearn(
     names = list(history["recordings"])
     older = [str(_find(spool, n)) for n in names if n not in batch]
     names = [n for n in names if n not in batch]
-    options = _options(region)
+    options = _options(region, salt)
     sizes = [_size(f) for f in older]
     total = sum(sizes) + sum(_size(f) for f in paths)
     folded = 0
@@ -301,6 +308,7 @@ class OnlineLearner:
         worker: Callable[[str, list[str]], dict[str, Any]] | None = None,
         region: dict[str, Any] | None = None,
         relearn_bytes: int = 0,
+        salt: bytes = b"",
     ) -> None:
         self.model_dir = model_dir
         self.spool = spool
@@ -310,6 +318,7 @@ class OnlineLearner:
         self.worker = worker  # None: the trainer in a worker process
         self.region = dict(region or {})  # region-analysis options for online learning
         self.relearn_bytes = relearn_bytes  # 0: batch by batch; else recordings relearned
+        self.salt = salt  # the spool's secret: keys the learner's full-bucket sample
         self.queue: list[Path] = []
         self.busy = False
         self.batches = 0  # finished batches (tests wait on it)
@@ -363,10 +372,13 @@ class OnlineLearner:
         if self.relearn_bytes > 0:
             base = str(self.spool.root / RELEARN_DIR)
             future = self._pool.submit(
-                relearn_files, str(self.model_dir), files, base, self.relearn_bytes, self.region
-            )
+                relearn_files,
+                str(self.model_dir), files, base, self.relearn_bytes, self.region, self.salt,
+            )  # fmt: skip
         else:
-            future = self._pool.submit(learn_files, str(self.model_dir), files, self.region)
+            future = self._pool.submit(
+                learn_files, str(self.model_dir), files, self.region, self.salt
+            )
         return future.result()
 
     def _learned(

@@ -51,6 +51,7 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 PART, DONE = ".pcap.part", ".pcap"
 QUEUE_BYTES = 32 * 1024 * 1024  # packet bytes waiting for the writer thread, at most
+SALT, SALT_BYTES = "salt", 16  # the spool's secret for online learning (Spool.salt)
 JOIN = 4 * 1024 * 1024  # bytes the writer joins into one write (see SpoolWriter._write_out)
 
 
@@ -631,6 +632,27 @@ class Spool:
         for sub in ("", "learned", "failed"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.disk = SpoolWriter(queue_bytes, opener, warn)
+
+    def salt(self) -> bytes:
+        """The spool's secret (``SALT``, 16 random bytes, made once, mode 0600): it keys
+        the online learner's sample of full buckets, so the dialogs attackers send
+        cannot be chosen to be the ones kept. Read at start-up (synchronous)."""
+        path = self.root / SALT
+        try:
+            value = path.read_bytes()
+        except OSError:
+            value = b""
+        if len(value) == SALT_BYTES:
+            return value
+        value = secrets.token_bytes(SALT_BYTES)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(value)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return value
 
     def start(self, call_from_thread: Callable[..., Any]) -> None:
         """From now on the writer thread does every write (the service, after ``recover``)."""

@@ -112,6 +112,7 @@ class EmulatorService(MultiService):
                 cfg.min_cluster_size, cfg.micro_min_count, cfg.distance_threshold
             ),
             relearn_bytes=cfg.relearn_bytes,
+            salt=spool.salt(),
         )  # fmt: skip
 
         def connect(host: str, port: int, factory: Any, timeout: float) -> Any:

@@ -145,10 +145,20 @@ class StepReport:
 class Learner:
     """Update and refinement of one machine; owns no global state."""
 
-    def __init__(self, machine: Machine, analyser: Analyser, options: LearnOptions | None = None):
+    def __init__(
+        self,
+        machine: Machine,
+        analyser: Analyser,
+        options: LearnOptions | None = None,
+        salt: bytes = b"",
+    ):
         self.machine = machine
         self.analyser = analyser
         self.options = options or LearnOptions()
+        # Keys the sample hash of full buckets (_sample_key): online, where the
+        # dialogs come from attackers, a secret salt keeps them from choosing
+        # which of their requests stay in a full bucket.
+        self.salt = salt[:64]
         # Every non-empty bucket is worth one look: the options or the new data may differ.
         self.dirty: set[int] = {s.id for s in machine.states.values() if s.bucket}
         self.iterations = 0
@@ -234,13 +244,13 @@ class Learner:
             bucket.append(suffix)
             self._bytes[state.id] = used + size
         else:
-            key = _sample_key(suffix)
+            key = _sample_key(suffix, self.salt)
             if cut is not None and key >= cut:
                 state.dropped += 1
                 return
             heap = self._full.get(state.id)
             if heap is None:
-                heap = [(-_sample_key(s), next(self._tie), s) for s in bucket]
+                heap = [(-_sample_key(s, self.salt), next(self._tie), s) for s in bucket]
                 heapify(heap)
                 self._full[state.id] = heap
             heappush(heap, (-key, next(self._tie), suffix))
@@ -771,10 +781,12 @@ def _suffix_bytes(suffix: Suffix) -> int:
     return sum(len(t.request) + len(t.answer) for t in suffix.turns)
 
 
-def _sample_key(suffix: Suffix) -> int:
+def _sample_key(suffix: Suffix, salt: bytes = b"") -> int:
     """A suffix's place in a full bucket's sample (smaller is kept): a hash, so
-    the kept set is a fair sample and does not depend on arrival order."""
-    h = hashlib.blake2b(digest_size=8)
+    the kept set is a fair sample and does not depend on arrival order; keyed
+    with ``salt`` (at most 64 bytes) when one is given, so that nobody who
+    does not know it can compute which suffixes stay."""
+    h = hashlib.blake2b(digest_size=8, key=salt[:64])
     for turn in suffix.turns:
         h.update(len(turn.request).to_bytes(8, "little"))
         h.update(turn.request)

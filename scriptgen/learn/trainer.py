@@ -51,6 +51,10 @@ class TrainOptions:
     include_midstream: bool = False  # learn from connections whose start was not captured
     max_turns: int = 512  # requests per dialog learned (deeper ones are cut)
     sessions: SessionOptions = field(default_factory=SessionOptions)  # session dependencies
+    # Secret key of the full-bucket sample hash (phases._sample_key); not written into
+    # models. Empty offline (training is deterministic); the proxy's online learning
+    # passes its spool's secret, since there the dialogs come from attackers.
+    sample_salt: bytes = field(default=b"", repr=False)
 
     def region_options(self) -> Any:
         if self.region is not None:
@@ -127,7 +131,10 @@ def learn_machine(
     the content dependencies (from these dialogs: past ones are not kept); returns the
     step count."""
     learner = Learner(
-        machine, analyser or default_analyser(options.region_options()), options.learn
+        machine,
+        analyser or default_analyser(options.region_options()),
+        options.learn,
+        options.sample_salt,
     )
     learner.add(dialogs)
     steps = learner.refine(on_step)
