@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 
 from scriptgen.emulate.announce import Announcer, draw_port, spelt_at, spot_of
 from scriptgen.emulate.eventlog import Endpoint
+from tests.test_sessions_gate import Events
 
 ANSWER = b"229 Entering Extended Passive Mode (|||40008|)\r\n"
 AT = ANSWER.index(b"40008")
@@ -25,17 +26,6 @@ SIG = {
 PAIR = b"227 Entering Passive Mode (127,0,0,2,156,72).\r\n"
 PAIR_SIG = dict(SIG, announce={"at": PAIR.index(b"156,72"), "len": 6, "form": "pair"})
 OTHER = {"kind": "session", "opens": "tcp/4444", "for": 5.0}
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict]] = []
-
-    def emit(self, eventid: str, where: Endpoint | None = None, **fields) -> None:
-        self.seen.append((eventid, dict(fields, src=where.src_ip if where else None)))
-
-    def ids(self) -> list[str]:
-        return [e for e, _ in self.seen]
 
 
 class Listening:

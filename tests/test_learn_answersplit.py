@@ -297,26 +297,35 @@ def test_no_exceptions_without_answers_or_lengths_that_differ(args, answers) -> 
     assert split_by_answer(m, dialogs) == {}
 
 
+NAMES = (b"www", b"mail", b"files")
+
+
+def named(id_min: int, id_max: int, answers) -> tuple[Machine, list[Dialog]]:  # type: ignore[no-untyped-def]
+    """Root --<id> <name>\r\n--> [1], and one dialog per name (id = its index) with
+    its answer, learned as the update phase's evidence."""
+    pattern = Pattern(
+        (Region.mutating(id_min, id_max), Region(b" "), Region.mutating(0, 32), Region(b"\r\n"))
+    )
+    m = Machine("tcp", 7000)
+    m.states[0].transitions.append(Transition(pattern, m.new_state().id))
+    dialogs = [
+        Dialog("tcp", 7000, b"", Suffix((Turn(b"%02d %s\r\n" % (i, n), ans),)))
+        for i, (n, ans) in enumerate(zip(NAMES, answers, strict=True))
+    ]
+    Learner(m, lambda requests, answers: []).add(dialogs)
+    return m, dialogs
+
+
 def test_an_exception_leaves_a_field_drawn_per_request_mutating() -> None:
     """A query id new in every request: fixed, the exception would never match again.
     It stays mutating, the name is fixed: a new query for a name seen gets that
     name's answer; a new name gets the generic one. Judged on the values, not the
     pattern (small clusters widen fixed-width regions: <1..4> here)."""
-    pattern = Pattern(
-        (Region.mutating(1, 4), Region(b" "), Region.mutating(0, 32), Region(b"\r\n"))
-    )
-    m = Machine("tcp", 7000)
-    m.states[0].transitions.append(Transition(pattern, m.new_state().id))
-    names = (b"www", b"mail", b"files")
-    dialogs = [
-        Dialog("tcp", 7000, b"", Suffix((Turn(b"%02d %s\r\n" % (i, n), b"A 10.0.0.%d\r\n" % i),)))
-        for i, n in enumerate(names)
-    ]
-    Learner(m, lambda requests, answers: []).add(dialogs)
+    m, dialogs = named(1, 4, [b"A 10.0.0.%d\r\n" % i for i in range(len(NAMES))])
     parents = split_by_answer(m, dialogs)
     assert set(parents.values()) == {(1, (2,))}  # the name region, not the id
     consolidate(m)
-    for i, n in enumerate(names):
+    for i, n in enumerate(NAMES):
         transition, _ = m.states[0].best_transition(b"99 %s\r\n" % n)
         assert transition.exception
         assert m.states[transition.target].answer == b"A 10.0.0.%d\r\n" % i
@@ -332,17 +341,7 @@ def test_an_exception_that_cannot_inherit_every_dependency_is_dropped() -> None:
     up with the generic one where the id is would send the recorded id: dropped."""
     from scriptgen.learn.answersplit import drop_incomplete_exceptions, inherit_dependencies
 
-    pattern = Pattern(
-        (Region.mutating(2, 2), Region(b" "), Region.mutating(0, 32), Region(b"\r\n"))
-    )
-    m = Machine("tcp", 7000)
-    m.states[0].transitions.append(Transition(pattern, m.new_state().id))
-    names = (b"www", b"mail", b"files")
-    dialogs = [
-        Dialog("tcp", 7000, b"", Suffix((Turn(b"%02d %s\r\n" % (i, n), ans),)))
-        for i, (n, ans) in enumerate(zip(names, ANSWERS, strict=True))
-    ]
-    Learner(m, lambda requests, answers: []).add(dialogs)
+    m, dialogs = named(2, 2, ANSWERS)
     parents = split_by_answer(m, dialogs)
     assert len(parents) == 3
     consolidate(m)
