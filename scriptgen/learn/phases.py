@@ -423,7 +423,8 @@ class Learner:
         still recurs and the analysis keeps it apart as before.
         """
         n = len(pending)
-        known = {id(t): self._answer_of(t) for t in owners}
+        distinct = {id(t): t for t in owners}  # owners repeat each transition per weight
+        known = {key: self._answer_of(t) for key, t in distinct.items()}
         said = answers + [known[id(t)] for t in owners]
         clusters = sorted(
             self.analyser(pending + exemplars, said), key=lambda c: min(c.members, default=0)
