@@ -33,6 +33,7 @@ pytestmark = [
 EXPECTED = ("230 Login successful", "Remote directory: /", "250 Directory successfully changed")
 TRAIN = 6  # sessions through the proxy before the real server is stopped (docs/proxy.md)
 SIZE = re.compile(r"^/\S+\t\d+$", re.M)
+SIZES = re.compile(r"^/(\S+)\t(\d+)$", re.M)
 
 
 # One kind of session with varying arguments (a wider variety needs more
@@ -46,16 +47,26 @@ def session(rng: random.Random) -> list[str]:
 
 
 def run_all(emu: Emulator, rng: random.Random, n: int) -> list[str]:
-    port = emu.ports["tcp/21=0"]
     problems = []
     for _ in range(n):
-        password = f"{rng.choice(('ann', 'bob', 'carol'))}{rng.randint(0, 99)}@example.org"
-        res = clients.ftp_cli(LISTEN, port, session(rng), password=password, timeout=15)
-        missing = [e for e in EXPECTED if e not in res.stdout]
-        missing += [] if SIZE.search(res.stdout) else ["size"]
-        if res.status != 0 or missing:
-            problems.append(f"status {res.status}, missing {missing}: {res.stdout[-400:]!r}")
-    return problems
+        password = draw_password(rng)
+        problems.append(run_one(emu, password, session(rng))[0])
+    return [p for p in problems if p]
+
+
+def draw_password(rng: random.Random) -> str:
+    return f"{rng.choice(('ann', 'bob', 'carol'))}{rng.randint(0, 99)}@example.org"
+
+
+def run_one(emu: Emulator, password: str, commands: list[str]) -> tuple[str, dict[str, int]]:
+    """One tnftp session: what went wrong ("" if nothing) and the sizes it printed."""
+    res = clients.ftp_cli(LISTEN, emu.ports["tcp/21=0"], commands, password=password, timeout=15)
+    missing = [e for e in EXPECTED if e not in res.stdout]
+    missing += [] if SIZE.search(res.stdout) else ["size"]
+    sizes = {m.group(1): int(m.group(2)) for m in SIZES.finditer(res.stdout)}
+    if res.status != 0 or missing:
+        return f"status {res.status}, missing {missing}: {res.stdout[-400:]!r}", sizes
+    return "", sizes
 
 
 def test_ftp_from_an_empty_model_proxied_then_emulated(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -86,26 +97,39 @@ def test_one_ftp_activity_is_answered_alone_after_at_most_3_proxied_sessions(tmp
     agree (regions._link_by_answers); without that each directory was its own
     exact transition: 4 proxied sessions here on the learner before it
     (benchmarks/proxy_runs.py seeds 1-3: 5, never within 10, 7 before;
-    3, 3, 4 now)."""
+    3, 3, 4 now). The sizes the real server gave come back from the emulator
+    for every file proxied, not one learned size for all."""
     rng = random.Random(1)
     emu = start_emulator(tmp_path, "tcp/21=0", expiry=0.5)
-    proxied = 0
+    proxied, seen = 0, {}
     try:
         with FtpServer(POOL):
             for _ in range(5):
                 relayed = emu.count("scriptgen.proxy.relaying")
                 learned = emu.count("scriptgen.proxy.learned")
                 loaded = emu.count("scriptgen.model.loaded")
-                assert run_all(emu, rng, 1) == []
+                password = draw_password(rng)
+                problem, sizes = run_one(emu, password, session(rng))
+                assert problem == ""
                 time.sleep(0.3)  # events are written asynchronously
                 if emu.count("scriptgen.proxy.relaying") > relayed:
                     proxied += 1
+                    seen.update(sizes)  # what the real server said
                     emu.wait_count("scriptgen.proxy.learned", learned + 1, timeout=120)
                     emu.wait_served(loaded)
         assert proxied <= 3
         assert len((emu.spool / "salt").read_bytes()) == 16  # online learning's secret
         relayed = emu.count("scriptgen.proxy.relaying")
         assert run_all(emu, rng, 4) == []  # vsftpd stopped: the emulator alone
+        # Each file whose size was proxied keeps its own size (answersplit exceptions),
+        # whichever directory the session is in; files of several sizes were seen.
+        assert len(set(seen.values())) > 1, seen
+        for name, size in sorted(seen.items()):
+            for where in DIRS:
+                commands = ["pwd", f"cd {where}", f"size /{name}"]
+                problem, sizes = run_one(emu, draw_password(rng), commands)
+                assert problem == "" and sizes == {name: size}, (name, where, sizes)
+                assert size == len(PUBLIC_FILES[name])
         assert emu.count("scriptgen.proxy.relaying") == relayed
     finally:
         stop_emulator(emu)
