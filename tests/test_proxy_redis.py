@@ -13,6 +13,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,41 @@ def test_recordings_are_captures_of_what_the_client_saw(emulator: Emulator) -> N
     convs = list(read_conversations(files[0]))
     assert convs and all(c.server.port == 6379 and c.client.ip == "127.0.0.1" for c in convs)
     assert all(c.requests and c.requests[0].startswith(b"*") for c in convs)
+
+
+def test_an_echo_is_proxied_until_the_copy_is_proven(tmp_path: Path) -> None:
+    """redis-cli ECHO from an empty model, learned after each run, online clusters from
+    2 requests ([proxy] min_cluster_size = 2). After two ECHOs the transition is
+    general, but two samples prove no copy: the emulator would answer every later
+    ECHO with a learned argument (one answer shape, so the shape doubt misses it).
+    The echo doubt sends the third to the real server; with three samples content
+    inference proves the copy and the emulator echoes alone, redis-server stopped.
+    (Arguments of one length: the decimal length prefix of a longer one is not
+    recomputed -- a known limit, see the README.)"""
+    words = ("alpha1", "birch2", "cedar3", "dogwo4", "elmfi5")
+    emu = start_emulator(tmp_path, "tcp/6379=0", expiry=0.5, min_cluster_size="2")
+    port = emu.ports["tcp/6379=0"]
+    outputs, proxied = [], []
+    try:
+        with RedisServer(POOL):
+            for word in words:
+                relayed = emu.count("scriptgen.proxy.relaying")
+                learned = emu.count("scriptgen.proxy.learned")
+                loaded = emu.count("scriptgen.model.loaded")
+                outputs.append(clients.redis_cli(LISTEN, port, [["ECHO", word]], timeout=10))
+                time.sleep(0.3)  # events are written asynchronously
+                proxied.append(emu.count("scriptgen.proxy.relaying") > relayed)
+                if proxied[-1]:
+                    emu.wait_count("scriptgen.proxy.learned", learned + 1, timeout=120)
+                    emu.wait_served(loaded)
+        relayed = emu.count("scriptgen.proxy.relaying")
+        alone = clients.redis_cli(LISTEN, port, [["ECHO", "ginkg7"]], timeout=10)
+        assert emu.count("scriptgen.proxy.relaying") == relayed
+    finally:
+        stop_emulator(emu)
+    assert [r.stdout.strip() for r in outputs] == list(words)  # every run echoed its own
+    assert proxied == [True, True, True, False, False]
+    doubted = [e for e in emu.read_events() if (e.get("doubt") or {}).get("echo")]
+    assert len(doubted) == 1  # the third ECHO: matched, doubted, proxied
+    assert alone.status == 0 and alone.stdout.strip() == "ginkg7"
+    assert tracebacks(emu) == []
